@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 import scipy.ndimage
 
-from export import download
+from export import download, zoo
 from export.configs import Config, normalize
 from export.models import build_model
 
@@ -158,7 +158,7 @@ def load_checkpoint(src: str | os.PathLike, cfg: Config, image_size: int | None 
       (every missing, unexpected and mis-shaped key is named).
   """
   cfg = normalize(cfg)
-  flat = read_npz(download.fetch(os.fspath(src)))
+  flat = read_npz(download.fetch(zoo.resolve(os.fspath(src)).source))
   flat = flatten(_renumber(unflatten(flat)))
   if features_only:
     flat = {k: v for k, v in flat.items() if not k.startswith("head/")}
