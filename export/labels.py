@@ -1,12 +1,41 @@
 """Class names for a classifier's `assets/labels.txt`.
 
-Placeholder until the model-zoo work lands (ImageNet names as package data).
+A checkpoint's head says how many classes it has, not what they are; the
+label set implied by its name (`export.zoo.resolve(...).label_set`) does. The
+bundle ships the ImageNet-1k names as package data
+(export/data/imagenet2012_labels.txt: the 1000 ILSVRC-2012 synset
+descriptions in the standard class order, e.g. line 0 "tench, Tinca tinca",
+281 "tabby, tabby cat").
+
+ImageNet-21k (the 21843 classes of i21k pre-trained checkpoints) is not
+shipped: no copy of the official class-name list was available to this
+project. Such models get numbered names ("class_0", ...); pass the real names
+with `python -m export ... --labels FILE` (one name a line, e.g. the
+imagenet21k_wordnet_lemmas.txt published with BiT in gs://bit_models/).
+Other label sets (cifar100, oxford_iiit_pet, ...) are numbered the same way.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
+
+_DATA = Path(__file__).resolve().parent / "data"
+SHIPPED = {"imagenet2012": _DATA / "imagenet2012_labels.txt"}
+
 
 def default_labels(num_classes: int, label_set: str | None = None) -> list[str]:
-  """Names for `num_classes` classes; numbered when no names are known."""
-  del label_set
-  return [f"class_{i}" for i in range(num_classes)]
+  """Names for `num_classes` classes: the shipped names of `label_set`, else
+  numbered ("class_0", ...).
+
+  Raises:
+    ValueError: `label_set` has shipped names but not `num_classes` of them
+      (the checkpoint is not what its name says).
+  """
+  path = SHIPPED.get(label_set or "")
+  if path is None:
+    return [f"class_{i}" for i in range(num_classes)]
+  names = path.read_text(encoding="utf-8").splitlines()
+  if len(names) != num_classes:
+    raise ValueError(f"label set {label_set!r} has {len(names)} classes but the "
+                     f"checkpoint has {num_classes}; pass --labels")
+  return names
