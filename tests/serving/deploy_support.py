@@ -1,0 +1,151 @@
+"""What the deployment tests (test_deploy_*.py) share: the repository paths,
+tensorflow_model_server's flag list, the text-proto messages the
+tensorflow-serving-api wheel does not ship, and small YAML helpers.
+
+Nothing here can start tensorflow/serving (no Docker daemon, no cluster in the
+test environment); the tests check everything the files themselves determine.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import yaml
+from google.protobuf import descriptor_pb2, descriptor_pool, message_factory, text_format
+from google.protobuf import wrappers_pb2
+from tensorflow_serving.config import model_server_config_pb2
+
+ROOT = Path(__file__).resolve().parents[2]
+SERVING = ROOT / "serving"
+CONFIG_DIR = SERVING / "config"
+DEPLOY = ROOT / "deploy"
+COMPOSE_GPU = SERVING / "docker-compose.yml"
+COMPOSE_CPU = SERVING / "docker-compose.cpu.yml"
+DEFAULT_MODEL = "vit_digits"
+METRICS_PATH = "/monitoring/prometheus/metrics"
+
+# Every flag tensorflow_model_server accepts, from the flag list in
+# tensorflow_serving/model_servers/main.cc (tensorflow/serving master, the
+# 2.x series). tensorflow::Flags::Parse fails start-up on an unknown flag, so
+# a typo in a deployment file must fail here first. Newer sources add more
+# (xla_gpu_compilation_enabled, enable_grpc_healthcheck_service, ...); they
+# are left out because their presence in the pinned 2.20.0 image is not
+# confirmed, and the deployment must not depend on them.
+TF_MODEL_SERVER_FLAGS = frozenset({
+    "port", "grpc_socket_path", "rest_api_port", "rest_api_num_threads",
+    "rest_api_timeout_in_ms", "rest_api_enable_cors_support", "enable_batching",
+    "allow_version_labels_for_unavailable_models", "batching_parameters_file",
+    "enable_per_model_batching_parameters", "model_config_file",
+    "model_config_file_poll_wait_seconds", "model_name", "model_base_path",
+    "num_load_threads", "num_unload_threads", "max_num_load_retries",
+    "load_retry_interval_micros", "file_system_poll_wait_seconds",
+    "flush_filesystem_caches", "tensorflow_session_parallelism",
+    "tensorflow_session_config_file", "tensorflow_intra_op_parallelism",
+    "tensorflow_inter_op_parallelism", "use_alts_credentials", "ssl_config_file",
+    "platform_config_file", "per_process_gpu_memory_fraction", "saved_model_tags",
+    "grpc_channel_arguments", "grpc_max_threads", "enable_model_warmup",
+    "num_request_iterations_for_warmup", "version", "monitoring_config_file",
+    "remove_unused_fields_from_bundle_metagraph", "prefer_tflite_model",
+    "num_tflite_pools", "num_tflite_interpreters_per_pool",
+    "enable_signature_method_name_check", "xla_cpu_compilation_enabled",
+    "enable_profiler", "thread_pool_factory_config_file",
+})
+
+# The pip wheel has model_server_config_pb2 but not these two messages, so
+# they are declared here with the names, numbers and types of
+# tensorflow_serving/servables/tensorflow/session_bundle_config.proto
+# (BatchingParameters) and tensorflow_serving/config/monitoring_config.proto.
+# Text format matches fields by name, so a misspelt or unknown field in a
+# config file fails to parse, as it fails tensorflow_model_server's start-up.
+_F = descriptor_pb2.FieldDescriptorProto
+_MIRRORED_FIELDS = {
+    "BatchingParameters": [
+        ("max_batch_size", 1, _F.TYPE_MESSAGE, ".google.protobuf.Int64Value", False),
+        ("batch_timeout_micros", 2, _F.TYPE_MESSAGE, ".google.protobuf.Int64Value", False),
+        ("max_enqueued_batches", 3, _F.TYPE_MESSAGE, ".google.protobuf.Int64Value", False),
+        ("num_batch_threads", 4, _F.TYPE_MESSAGE, ".google.protobuf.Int64Value", False),
+        ("thread_pool_name", 5, _F.TYPE_MESSAGE, ".google.protobuf.StringValue", False),
+        ("allowed_batch_sizes", 6, _F.TYPE_INT64, None, True),
+        ("pad_variable_length_inputs", 7, _F.TYPE_BOOL, None, False),
+    ],
+    "PrometheusConfig": [
+        ("enable", 1, _F.TYPE_BOOL, None, False),
+        ("path", 2, _F.TYPE_STRING, None, False),
+    ],
+    "MonitoringConfig": [
+        ("prometheus_config", 1, _F.TYPE_MESSAGE, ".tensorflow.serving.PrometheusConfig",
+         False),
+    ],
+}
+
+
+def _mirrored_messages() -> dict[str, Any]:
+  pool = descriptor_pool.DescriptorPool()
+  wrappers = descriptor_pb2.FileDescriptorProto()
+  wrappers_pb2.DESCRIPTOR.CopyToProto(wrappers)
+  pool.Add(wrappers)
+  file = descriptor_pb2.FileDescriptorProto(
+      name="vit_serving_tests/tf_serving_configs.proto", package="tensorflow.serving",
+      syntax="proto3", dependency=[wrappers.name])
+  for message, fields in _MIRRORED_FIELDS.items():
+    proto = file.message_type.add(name=message)
+    for name, number, type_, type_name, repeated in fields:
+      field = proto.field.add(name=name, number=number, type=type_,
+                              label=_F.LABEL_REPEATED if repeated else _F.LABEL_OPTIONAL)
+      if type_name:
+        field.type_name = type_name
+  pool.Add(file)
+  return {name: message_factory.GetMessageClass(
+      pool.FindMessageTypeByName(f"tensorflow.serving.{name}")) for name in _MIRRORED_FIELDS}
+
+
+_MESSAGES = _mirrored_messages()
+BatchingParameters = _MESSAGES["BatchingParameters"]
+MonitoringConfig = _MESSAGES["MonitoringConfig"]
+
+
+def parse_text_proto(text: str, message_class: type[Any]) -> Any:
+  message = message_class()
+  text_format.Parse(text, message)
+  return message
+
+
+def parse_model_server_config(text: str) -> model_server_config_pb2.ModelServerConfig:
+  return parse_text_proto(text, model_server_config_pb2.ModelServerConfig)
+
+
+def uri_is_relative_path(path: str) -> bool:
+  """TF Serving's UriIsRelativePath (server_core.cc): no scheme, no host and
+  not an absolute path. Such base paths are refused by tensorflow_model_server."""
+  return not re.match(r"^[A-Za-z][A-Za-z0-9+.-]*://", path) and not path.startswith("/")
+
+
+def load_yaml(path: Path) -> Any:
+  return yaml.safe_load(path.read_text())
+
+
+def load_yaml_documents(text: str) -> list[dict[str, Any]]:
+  return [doc for doc in yaml.safe_load_all(text) if doc]
+
+
+def parse_flags(args: list[str]) -> dict[str, str]:
+  """`--name=value` arguments -> {name: value}; anything else is an error, as
+  is a repeated flag (tensorflow_model_server would silently keep one)."""
+  flags: dict[str, str] = {}
+  for arg in args:
+    match = re.fullmatch(r"--([a-z0-9_]+)=(.*)", arg)
+    assert match, f"not a --flag=value argument: {arg!r}"
+    name, value = match.groups()
+    assert name not in flags, f"--{name} given twice"
+    flags[name] = value
+  return flags
+
+
+_COMPOSE_DEFAULT = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*):-([^}]*)\}")
+
+
+def compose_defaults(value: str) -> str:
+  """Docker Compose's `${VAR:-default}` interpolation with no variable set."""
+  return _COMPOSE_DEFAULT.sub(lambda m: m.group(2), value)

@@ -1,0 +1,310 @@
+"""The Kubernetes manifests (deploy/): the kustomize base with its cpu and gpu
+overlays, and the KServe InferenceService.
+
+No cluster is available to the tests. Every kustomization is checked as files
+(resources and patches exist, patches target resources of the base); where
+`kubectl` is installed the overlays are rendered with `kubectl kustomize`
+(client-side) and the rendered objects are checked against each other and
+against the docker compose deployment: image, flags, ports, paths, probes,
+and the config files they mount.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from functools import lru_cache
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+import pytest
+
+from tests.serving import deploy_support as ds
+
+OVERLAYS = {"cpu": ds.DEPLOY / "overlays" / "cpu", "gpu": ds.DEPLOY / "overlays" / "gpu"}
+COMPOSE = {"cpu": ds.COMPOSE_CPU, "gpu": ds.COMPOSE_GPU}
+KUSTOMIZATIONS = [ds.DEPLOY / "base", *OVERLAYS.values(), ds.DEPLOY / "kserve", ds.CONFIG_DIR]
+KUBECTL = shutil.which("kubectl")
+needs_kubectl = pytest.mark.skipif(KUBECTL is None, reason="kubectl (for kustomize) not installed")
+
+
+def kustomization(directory: Path) -> dict[str, Any]:
+  return ds.load_yaml(directory / "kustomization.yaml")
+
+
+def kinds_and_names(directory: Path) -> set[tuple[str, str]]:
+  """(kind, name) of the resources a kustomization declares, recursively."""
+  found = set()
+  k = kustomization(directory)
+  for resource in k.get("resources", []):
+    path = (directory / resource).resolve()
+    if path.is_dir():
+      found |= kinds_and_names(path)
+    else:
+      found |= {(d["kind"], d["metadata"]["name"])
+                for d in ds.load_yaml_documents(path.read_text())}
+  found |= {("ConfigMap", g["name"]) for g in k.get("configMapGenerator", [])}
+  return found
+
+
+@lru_cache(maxsize=None)
+def render(directory: Path) -> tuple[dict[str, Any], ...]:
+  result = subprocess.run([KUBECTL, "kustomize", str(directory)], capture_output=True,
+                          text=True, timeout=120)
+  assert result.returncode == 0, result.stderr
+  return tuple(ds.load_yaml_documents(result.stdout))
+
+
+def one(objects: tuple[dict[str, Any], ...], kind: str) -> dict[str, Any]:
+  found = [o for o in objects if o["kind"] == kind]
+  assert len(found) == 1, f"expected one {kind}, found {len(found)}"
+  return found[0]
+
+
+def config_maps(objects: tuple[dict[str, Any], ...]) -> dict[str, dict[str, str]]:
+  return {o["metadata"]["name"]: o["data"] for o in objects if o["kind"] == "ConfigMap"}
+
+
+def expand_env(arg: str, env: dict[str, str]) -> str:
+  """Kubernetes' $(VAR) expansion in container args."""
+  return re.sub(r"\$\(([A-Za-z_][A-Za-z0-9_]*)\)", lambda m: env[m.group(1)], arg)
+
+
+def container(objects: tuple[dict[str, Any], ...]) -> dict[str, Any]:
+  containers = one(objects, "Deployment")["spec"]["template"]["spec"]["containers"]
+  assert len(containers) == 1
+  return containers[0]
+
+
+def container_env(c: dict[str, Any]) -> dict[str, str]:
+  return {e["name"]: e["value"] for e in c.get("env", [])}
+
+
+def container_flags(c: dict[str, Any]) -> dict[str, str]:
+  env = container_env(c)
+  return ds.parse_flags([expand_env(a, env) for a in c["args"]])
+
+
+def mounted_files(objects: tuple[dict[str, Any], ...]) -> dict[PurePosixPath, str]:
+  """Container path -> content of every file the pod gets from a ConfigMap."""
+  pod = one(objects, "Deployment")["spec"]["template"]["spec"]
+  maps = config_maps(objects)
+  volumes = {v["name"]: v for v in pod["volumes"]}
+  files = {}
+  for mount in container(objects)["volumeMounts"]:
+    volume = volumes[mount["name"]]
+    if "configMap" in volume:
+      for key, text in maps[volume["configMap"]["name"]].items():
+        files[PurePosixPath(mount["mountPath"]) / key] = text
+  return files
+
+
+@pytest.fixture(params=["cpu", "gpu"])
+def flavor(request: pytest.FixtureRequest) -> str:
+  return request.param
+
+
+# --- the files ----------------------------------------------------------------
+
+@pytest.mark.parametrize("directory", KUSTOMIZATIONS, ids=lambda p: str(p.relative_to(ds.ROOT)))
+def test_kustomization_files_exist(directory: Path) -> None:
+  k = kustomization(directory)
+  listed = list(k.get("resources", []))
+  listed += [p["path"] for p in k.get("patches", [])]
+  listed += k.get("configurations", [])
+  listed += [f for g in k.get("configMapGenerator", []) for f in g.get("files", [])]
+  for entry in listed:
+    assert (directory / entry).exists(), f"{directory}: {entry} does not exist"
+  for entry in k.get("resources", []):
+    if (directory / entry).is_dir():
+      assert (directory / entry / "kustomization.yaml").is_file()
+
+
+def test_overlay_patches_target_resources_of_the_base(flavor: str) -> None:
+  base = kinds_and_names(ds.DEPLOY / "base")
+  for patch in kustomization(OVERLAYS[flavor])["patches"]:
+    for doc in ds.load_yaml_documents((OVERLAYS[flavor] / patch["path"]).read_text()):
+      assert (doc["kind"], doc["metadata"]["name"]) in base, patch["path"]
+
+
+def test_every_yaml_file_parses() -> None:
+  for path in sorted(ds.DEPLOY.rglob("*.yaml")):
+    assert ds.load_yaml_documents(path.read_text()), path
+
+
+def test_cluster_models_config_parses_in_the_repository_format() -> None:
+  config = ds.parse_model_server_config((ds.DEPLOY / "base" / "models.config").read_text())
+  names = [m.name for m in config.model_config_list.config]
+  assert ds.DEFAULT_MODEL in names
+  # Same form as the exporter writes, so the root file can be copied over.
+  assert all(ds.uri_is_relative_path(m.base_path) for m in config.model_config_list.config)
+
+
+# --- rendered with kubectl kustomize --------------------------------------------
+
+@needs_kubectl
+def test_image_matches_the_compose_deployment(flavor: str) -> None:
+  compose = ds.load_yaml(COMPOSE[flavor])["services"]["tfserving"]
+  assert container(render(OVERLAYS[flavor]))["image"] == compose["image"]
+
+
+@needs_kubectl
+def test_server_flags_match_the_compose_deployment(flavor: str) -> None:
+  objects = render(OVERLAYS[flavor])
+  flags = container_flags(container(objects))
+  assert set(flags) <= ds.TF_MODEL_SERVER_FLAGS
+  compose_flags = ds.parse_flags(ds.load_yaml(COMPOSE[flavor])["services"]["tfserving"]["command"])
+  # Only models.config lives elsewhere (a ConfigMap rather than the repository).
+  assert {k: v for k, v in flags.items() if k != "model_config_file"} == {
+      k: v for k, v in compose_flags.items() if k != "model_config_file"}
+
+
+@needs_kubectl
+def test_entrypoint_and_configs_are_the_repository_files(flavor: str) -> None:
+  objects = render(OVERLAYS[flavor])
+  c = container(objects)
+  files = mounted_files(objects)
+  assert c["command"][0] == "bash"
+  script = PurePosixPath(c["command"][1])
+  assert files[script] == (ds.CONFIG_DIR / script.name).read_text()
+  flags = container_flags(c)
+  for name in ("batching_parameters_file", "monitoring_config_file"):
+    path = PurePosixPath(flags[name])
+    assert files[path] == (ds.CONFIG_DIR / path.name).read_text(), name
+  models_config = files[PurePosixPath(flags["model_config_file"])]
+  assert models_config == (ds.DEPLOY / "base" / "models.config").read_text()
+
+
+@needs_kubectl
+def test_models_config_map_is_updated_in_place(flavor: str) -> None:
+  # No content hash on models-config: applying a new models.config updates the
+  # mounted file, which the server polls; the other ConfigMap rolls the pods.
+  names = set(config_maps(render(OVERLAYS[flavor])))
+  assert "models-config" in names
+  assert any(re.fullmatch(r"tfserving-config-[a-z0-9]+", n) for n in names)
+
+
+@needs_kubectl
+def test_relative_base_paths_resolve_onto_the_model_volume(flavor: str) -> None:
+  objects = render(OVERLAYS[flavor])
+  c = container(objects)
+  root = container_env(c)["BASE_PATH_ROOT"]
+  files = mounted_files(objects)
+  config = ds.parse_model_server_config(
+      files[PurePosixPath(container_flags(c)["model_config_file"])])
+  pod = one(objects, "Deployment")["spec"]["template"]["spec"]
+  claims = {v["name"]: v["persistentVolumeClaim"]["claimName"] for v in pod["volumes"]
+            if "persistentVolumeClaim" in v}
+  model_mounts = [PurePosixPath(m["mountPath"]) for m in c["volumeMounts"]
+                  if m["name"] in claims]
+  assert len(model_mounts) == 1
+  for model in config.model_config_list.config:
+    assert model_mounts[0] in (PurePosixPath(root) / model.base_path).parents
+  pvc_names = {o["metadata"]["name"] for o in objects if o["kind"] == "PersistentVolumeClaim"}
+  assert set(claims.values()) <= pvc_names
+
+
+@needs_kubectl
+def test_ports_service_and_probes(flavor: str) -> None:
+  objects = render(OVERLAYS[flavor])
+  c = container(objects)
+  ports = {p["name"]: p["containerPort"] for p in c["ports"]}
+  assert ports == {"grpc": 8500, "http": 8501}
+  flags = container_flags(c)
+  assert (flags["port"], flags["rest_api_port"]) == ("8500", "8501")
+
+  service = one(objects, "Service")
+  assert {(p["port"], p["targetPort"]) for p in service["spec"]["ports"]} == {
+      (8500, "grpc"), (8501, "http")}
+  pod_labels = one(objects, "Deployment")["spec"]["template"]["metadata"]["labels"]
+  assert service["spec"]["selector"].items() <= pod_labels.items()
+
+  served = {m.name for m in ds.parse_model_server_config(
+      mounted_files(objects)[PurePosixPath(flags["model_config_file"])]
+  ).model_config_list.config}
+  for probe in ("startupProbe", "readinessProbe"):
+    get = c[probe]["httpGet"]
+    assert get["port"] == "http"
+    model = re.fullmatch(r"/v1/models/([A-Za-z0-9_.-]+)", get["path"])
+    assert model and model.group(1) in served, get["path"]
+  assert c["livenessProbe"]["httpGet"] == {"path": ds.METRICS_PATH, "port": "http"}
+
+
+@needs_kubectl
+def test_prometheus_scrapes_the_monitoring_path(flavor: str) -> None:
+  objects = render(OVERLAYS[flavor])
+  annotations = one(objects, "Deployment")["spec"]["template"]["metadata"]["annotations"]
+  monitoring = ds.parse_text_proto(
+      mounted_files(objects)[PurePosixPath(container_flags(container(objects))
+                                           ["monitoring_config_file"])],
+      ds.MonitoringConfig)
+  assert annotations["prometheus.io/scrape"] == "true"
+  assert annotations["prometheus.io/port"] == "8501"
+  assert annotations["prometheus.io/path"] == monitoring.prometheus_config.path
+  monitor = ds.load_yaml(ds.DEPLOY / "monitoring" / "servicemonitor.yaml")
+  endpoint, = monitor["spec"]["endpoints"]
+  assert (endpoint["port"], endpoint["path"]) == ("http", monitoring.prometheus_config.path)
+  assert monitor["spec"]["selector"]["matchLabels"].items() <= one(
+      objects, "Service")["metadata"]["labels"].items()
+
+
+@needs_kubectl
+def test_gpu_limits_only_in_the_gpu_overlay(flavor: str) -> None:
+  objects = render(OVERLAYS[flavor])
+  resources = container(objects)["resources"]
+  pod = one(objects, "Deployment")["spec"]["template"]["spec"]
+  if flavor == "gpu":
+    assert int(resources["limits"]["nvidia.com/gpu"]) >= 1
+    assert any(t["key"] == "nvidia.com/gpu" for t in pod["tolerations"])
+  else:
+    assert "nvidia.com/gpu" not in resources.get("limits", {})
+    assert "tolerations" not in pod
+
+
+@needs_kubectl
+def test_autoscaler_targets_the_deployment(flavor: str) -> None:
+  objects = render(OVERLAYS[flavor])
+  hpa = one(objects, "HorizontalPodAutoscaler")["spec"]
+  target = hpa["scaleTargetRef"]
+  assert (target["kind"], target["name"]) == ("Deployment",
+                                              one(objects, "Deployment")["metadata"]["name"])
+  assert 1 <= hpa["minReplicas"] <= hpa["maxReplicas"]
+  # Utilisation targets are relative to the container's requests.
+  metric, = hpa["metrics"]
+  assert "cpu" in container(objects)["resources"]["requests"]
+  assert metric["resource"]["name"] == "cpu"
+
+
+# --- KServe -----------------------------------------------------------------------
+
+@needs_kubectl
+def test_kserve_inference_service() -> None:
+  objects = render(ds.DEPLOY / "kserve")
+  isvc = one(objects, "InferenceService")
+  assert isvc["apiVersion"] == "serving.kserve.io/v1beta1"
+  assert isvc["metadata"]["annotations"]["serving.kserve.io/deploymentMode"] == "Serverless"
+  predictor = isvc["spec"]["predictor"]
+  assert 0 < predictor["canaryTrafficPercent"] < 100
+  model = predictor["model"]
+  assert model["modelFormat"]["name"] == "tensorflow"
+  compose_image = ds.load_yaml(ds.COMPOSE_CPU)["services"]["tfserving"]["image"]
+  assert f"tensorflow/serving:{model['runtimeVersion']}" == compose_image
+  assert re.fullmatch(r"(gs|s3)://.+", model["storageUri"])
+
+  flags = ds.parse_flags(model["args"])
+  assert set(flags) <= ds.TF_MODEL_SERVER_FLAGS
+  assert flags["xla_cpu_compilation_enabled"] == "true"
+  # The flag files come from a ConfigMap of the same render with the
+  # repository's content.
+  volumes = {v["name"]: v for v in predictor["volumes"]}
+  maps = config_maps(objects)
+  files = {}
+  for mount in model["volumeMounts"]:
+    for key, text in maps[volumes[mount["name"]]["configMap"]["name"]].items():
+      files[PurePosixPath(mount["mountPath"]) / key] = text
+  for name in ("batching_parameters_file", "monitoring_config_file"):
+    path = PurePosixPath(flags[name])
+    assert files[path] == (ds.CONFIG_DIR / path.name).read_text()
+  annotations = isvc["metadata"]["annotations"]
+  assert annotations["prometheus.kserve.io/path"] == ds.METRICS_PATH
