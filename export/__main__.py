@@ -1,0 +1,82 @@
+"""`python -m export`: a thin command line over `export.exporter.export_checkpoint`.
+
+  python -m export --checkpoint SRC --name NAME --repo DIR [--version N]
+                   [--config CONFIG.json | --model MODEL] [--image-size S]
+                   [--kind classifier|features] [--labels FILE]
+                   [--model-config FILE]
+
+Progress (each step with its duration) goes to stderr; the published version
+directory is printed on stdout. Exit status 0 on success, 1 when the export
+failed (nothing was published), 2 for bad arguments.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+  p = argparse.ArgumentParser(
+      prog="python -m export",
+      description="Export an original ViT checkpoint as a verified TF Serving SavedModel.")
+  p.add_argument("--checkpoint", required=True, metavar="SRC",
+                 help="local .npz, http(s):// or gs:// URL, or a checkpoint name")
+  p.add_argument("--name", required=True, help="model name in the repository")
+  p.add_argument("--repo", required=True, metavar="DIR", help="model repository, e.g. models")
+  p.add_argument("--version", type=int, metavar="N",
+                 help="version number (default: the next free one; never overwrites)")
+  which = p.add_mutually_exclusive_group()
+  which.add_argument("--config", metavar="CONFIG.json",
+                     help="model config as JSON with the original field names")
+  which.add_argument("--model", metavar="MODEL", help="a registered config, e.g. B/16")
+  p.add_argument("--image-size", type=int, metavar="S",
+                 help="serving resolution (default: implied by the name, else the "
+                      "checkpoint's own)")
+  p.add_argument("--kind", choices=("classifier", "features"), default="classifier")
+  p.add_argument("--labels", metavar="FILE", help="class names, one per line")
+  p.add_argument("--model-config", metavar="FILE",
+                 help="models.config to add the model to (default: models.config in "
+                      "the parent directory of --repo)")
+  args = p.parse_args(argv)
+  if args.image_size is not None and args.image_size < 1:
+    p.error("--image-size must be positive")
+  if args.version is not None and args.version < 0:
+    p.error("--version must not be negative")
+  return args
+
+
+def main(argv: list[str]) -> int:
+  args = parse_args(argv)
+  handler = logging.StreamHandler(sys.stderr)
+  handler.setFormatter(logging.Formatter("export: %(message)s"))
+  log = logging.getLogger("export")
+  log.addHandler(handler)
+  log.setLevel(logging.INFO)
+  log.propagate = False
+
+  from export import exporter  # heavy: TF + JAX
+  try:
+    path = exporter.export_checkpoint(
+        args.checkpoint, args.name, args.repo, config=args.config or args.model,
+        image_size=args.image_size, kind=args.kind, labels=args.labels,
+        version=args.version,
+        model_config_file=args.model_config or exporter.DEFAULT_MODEL_CONFIG)
+  except (RuntimeError, ValueError, KeyError, OSError) as e:
+    # ExportError, PublishError, DownloadError (RuntimeError); CheckpointError
+    # (ValueError); unknown model names (KeyError); file errors (OSError).
+    log.error("error: %s", e)
+    return 1
+  except KeyboardInterrupt:
+    log.error("interrupted; nothing was published")
+    return 130
+  print(path)
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main(sys.argv[1:]))

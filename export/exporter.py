@@ -1,0 +1,299 @@
+"""Checkpoint -> verified SavedModel version in a TF Serving model repository.
+
+`export_checkpoint` is the whole pipeline behind `python -m export`:
+
+  resolve + fetch the checkpoint, hash it (sha256), load it into the Flax
+  model (position embedding resized for the serving size), convert with
+  jax2tf (`export.signatures`), save into a temporary directory next to the
+  versions, add `assets/labels.txt`, the warmup requests and the manifest,
+  re-load the written SavedModel and compare every signature with the JAX
+  model on the same images, and only then publish the version atomically and
+  add the model to `models.config` (`export.repository`).
+
+A verification difference above `TOLERANCE * max(1, max |JAX output|)` stops
+the export before anything is published. Steps are logged with their
+durations to the "export" logger (the CLI prints them on stderr).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import importlib.metadata
+import json
+import logging
+import os
+import platform
+import shutil
+import time
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import jax
+import numpy as np
+import tensorflow as tf
+
+from export import download, labels as labels_lib, repository, signatures, warmup, zoo
+from export.checkpoint import flatten, load_checkpoint, native_image_size
+from export.configs import get_config
+from export.models import build_model
+
+log = logging.getLogger("export")
+
+TOLERANCE = 1e-4
+"""Max |SavedModel - JAX| allowed, relative to max(1, max |JAX output|)."""
+
+DEFAULT_MODEL_CONFIG = "models.config next to the repository"
+"""`model_config_file` default: `models.config` in the parent of `repo`."""
+
+KINDS = ("classifier", "features")
+_LIBRARIES = ("jax", "jaxlib", "flax", "tensorflow", "tensorflow-serving-api", "numpy")
+
+
+class ExportError(RuntimeError):
+  """The export cannot be made or failed verification; nothing was published."""
+
+
+@contextlib.contextmanager
+def _step(name: str) -> Iterator[None]:
+  log.info("%s ...", name)
+  started = time.perf_counter()
+  yield
+  log.info("%s done in %.1fs", name, time.perf_counter() - started)
+
+
+def sha256(path: str | os.PathLike) -> str:
+  digest = hashlib.sha256()
+  with open(path, "rb") as f:
+    for chunk in iter(lambda: f.read(1 << 20), b""):
+      digest.update(chunk)
+  return digest.hexdigest()
+
+
+def read_labels(labels: Sequence[str] | str | os.PathLike, num_classes: int) -> list[str]:
+  """Class names from a list or a file (one per line), checked against the head."""
+  if isinstance(labels, (str, os.PathLike)):
+    names = Path(labels).read_text(encoding="utf-8").splitlines()
+    origin = os.fspath(labels)
+  else:
+    names = list(labels)
+    origin = "the labels list"
+  if len(names) != num_classes:
+    raise ExportError(f"{origin} has {len(names)} labels, but the model has "
+                      f"{num_classes} classes")
+  bad = [n for n in names if "\n" in n or "\r" in n]
+  if bad:
+    raise ExportError(f"labels must not contain line breaks: {bad[:3]}")
+  return names
+
+
+def _test_images(image_size: int) -> tuple[np.ndarray, np.ndarray]:
+  """Verification inputs: float images in [-1, 1] and uint8 pixel images."""
+  rng = np.random.default_rng(0)
+  floats = rng.uniform(-1, 1, (2, image_size, image_size, 3)).astype(np.float32)
+  pixels = rng.integers(0, 256, (2, image_size, image_size, 3), dtype=np.uint8)
+  return floats, pixels
+
+
+def _jax_reference(apply_fn: Any, params: Any, images: np.ndarray) -> np.ndarray:
+  return np.asarray(jax.jit(apply_fn)(params, images))
+
+
+def verify(saved_model_dir: str | os.PathLike, apply_fn: Any, params: Any,
+           image_size: int, output_key: str) -> dict[str, Any]:
+  """Re-loads the SavedModel and compares its three signatures with the JAX
+  model on the same images; returns the measured differences.
+
+  `serving_default` gets float images in [-1, 1]; `predict_uint8` and
+  `predict_bytes` (PNG, lossless) get uint8 images, whose JAX reference is
+  the documented scaling (x - 127.5) / 127.5 of the same pixels (at size S
+  the resize is the identity). All calls share one batch size, so the
+  SavedModel compiles once.
+  """
+  floats, pixels = _test_images(image_size)
+  scaled = (pixels.astype(np.float32) - np.float32(127.5)) / np.float32(127.5)
+  reference = _jax_reference(apply_fn, params, np.concatenate([floats, scaled]))
+  expected = {"serving_default": reference[:len(floats)],
+              "predict_uint8": reference[len(floats):],
+              "predict_bytes": reference[len(floats):]}
+  sigs = tf.saved_model.load(os.fspath(saved_model_dir)).signatures
+  pngs = tf.constant([tf.io.encode_png(p).numpy() for p in pixels])
+  outputs = {"serving_default": sigs["serving_default"](images=tf.constant(floats)),
+             "predict_uint8": sigs["predict_uint8"](images=tf.constant(pixels)),
+             "predict_bytes": sigs["predict_bytes"](image_bytes=pngs)}
+  diffs = {}
+  for name, out in outputs.items():
+    got = out[output_key].numpy()
+    diffs[name] = (float(np.max(np.abs(got - expected[name])))
+                   if got.shape == expected[name].shape else float("inf"))
+  tolerance = TOLERANCE * max(1.0, float(np.max(np.abs(reference))))
+  return {"max_abs_diff": max(diffs.values()), "per_signature": diffs,
+          "tolerance": tolerance, "output": output_key,
+          "images": len(floats) + len(pixels)}
+
+
+def _library_versions() -> dict[str, str]:
+  versions = {"python": platform.python_version()}
+  for lib in _LIBRARIES:
+    try:
+      versions[lib] = importlib.metadata.version(lib)
+    except importlib.metadata.PackageNotFoundError:
+      versions[lib] = "not installed"
+  return versions
+
+
+def export_checkpoint(checkpoint: str, name: str, repo: str | os.PathLike, *,
+                      config: dict | str | None = None, image_size: int | None = None,
+                      kind: str = "classifier",
+                      labels: Sequence[str] | str | os.PathLike | None = None,
+                      version: int | None = None,
+                      model_config_file: str | os.PathLike | None = DEFAULT_MODEL_CONFIG,
+                      warmup_batch_sizes: Sequence[int] = (1, 2, 4, 8)) -> Path:
+  """Exports a checkpoint as `<repo>/<name>/<version>/`; returns that directory.
+
+  Args:
+    checkpoint: a local .npz, an http(s):// or gs:// URL, or a zoo name.
+    name: the model name (directory and models.config entry).
+    repo: the model repository directory (created if missing).
+    config: a config dict, JSON path or registered name; default: the one the
+      checkpoint name implies (`zoo.resolve`).
+    image_size: serving resolution; default: implied by the name, else the
+      checkpoint's own.
+    kind: "classifier" or "features" (the pre_logits vector, fine-tunable).
+    labels: class names (list or file, one per line; classifiers only);
+      default `labels.default_labels`.
+    version: the version number; default the next free one. Never overwrites.
+    model_config_file: the models.config to add the model to; default
+      `models.config` in the parent of `repo`; None leaves every config alone.
+    warmup_batch_sizes: serving_default batch sizes in the warmup file.
+
+  Raises:
+    export.CheckpointError: the checkpoint cannot be read or does not fit.
+    ExportError: bad arguments, or verification failed.
+    repository.PublishError: the version exists, or models.config is unusable.
+  """
+  started = time.perf_counter()
+  if kind not in KINDS:
+    raise ExportError(f"kind must be one of {KINDS}, got {kind!r}")
+  if not name or name.startswith(".") or os.sep in name or name != name.strip():
+    raise ExportError(f"bad model name {name!r}")
+  if kind == "features" and labels is not None:
+    raise ExportError("labels apply to classifiers only, not to --kind features")
+  batch_sizes = sorted({int(b) for b in warmup_batch_sizes})
+  if any(b < 1 for b in batch_sizes):
+    raise ExportError(f"warmup batch sizes must be positive: {warmup_batch_sizes}")
+  if model_config_file == DEFAULT_MODEL_CONFIG:
+    model_config_file = repository.default_model_config(repo)
+  if model_config_file is not None:
+    repository.read_model_config(model_config_file)  # fail before the slow part
+
+  resolved = zoo.resolve(checkpoint)
+  if config is not None:
+    cfg = get_config(config)
+  elif resolved.config is not None:
+    cfg = get_config(resolved.config)
+  else:
+    raise ExportError(f"no model config for {checkpoint!r}: pass --config or --model")
+  image_size = image_size or resolved.image_size
+  features_only = kind == "features"
+
+  with _step(f"fetch {resolved.source}"):
+    local = download.fetch(resolved.source)
+  with _step("sha256"):
+    digest = sha256(local)
+  with _step("load checkpoint"):
+    params = load_checkpoint(os.fspath(local), cfg, image_size, features_only=features_only)
+  if image_size is None:
+    image_size = native_image_size(flatten(params), cfg)
+  if kind == "classifier":
+    cfg["num_classes"] = int(params["head"]["bias"].shape[-1])
+    names = read_labels(labels if labels is not None else
+                        labels_lib.default_labels(cfg["num_classes"], resolved.label_set),
+                        cfg["num_classes"])
+  else:
+    names = None
+  model = build_model(cfg, features_only=features_only)
+
+  def apply_fn(p: Any, x: jax.Array) -> jax.Array:
+    return model.apply({"params": p}, x, train=False)
+
+  repo = Path(repo)
+  model_dir = repo / name
+  created = [d for d in (repo, model_dir) if not d.exists()]
+  model_dir.mkdir(parents=True, exist_ok=True)
+  for stale in repository.remove_stale_temporaries(model_dir):
+    log.info("removed %s, left by an interrupted export", stale)
+  version = version if version is not None else repository.next_version(model_dir)
+  if version < 0 or (model_dir / str(version)).exists():
+    _remove_empty(created)
+    raise repository.PublishError(
+        f"{model_dir / str(version)} exists already (or is not a valid version); "
+        f"versions are never overwritten")
+
+  tmp = repository.make_temporary(model_dir)
+  try:
+    with _step("convert (jax2tf) and save"):
+      obj, sigs = signatures.build_servable(apply_fn, params, image_size, kind, names)
+      tf.saved_model.save(obj, os.fspath(tmp), signatures=sigs)
+      del obj, sigs
+    if names is not None:
+      (tmp / "assets").mkdir(exist_ok=True)
+      (tmp / "assets" / "labels.txt").write_text("".join(n + "\n" for n in names),
+                                                 encoding="utf-8")
+    extra = tmp / "assets.extra"
+    extra.mkdir()
+    with _step("write warmup requests"):
+      records = warmup.write(extra / warmup.FILENAME, name, image_size, batch_sizes)
+    with _step("verify SavedModel against JAX"):
+      check = verify(tmp, apply_fn, params, image_size,
+                     "logits" if kind == "classifier" else "features")
+    log.info("max |SavedModel - JAX| = %.3g (tolerance %.3g)", check["max_abs_diff"],
+             check["tolerance"])
+    if not check["max_abs_diff"] <= check["tolerance"]:
+      raise ExportError(
+          f"verification failed: max |SavedModel - JAX| = {check['max_abs_diff']:.3g} > "
+          f"{check['tolerance']:.3g} ({check['per_signature']}); nothing published")
+    manifest = {
+        "name": name, "version": version, "kind": kind, "image_size": image_size,
+        "config": cfg,
+        "checkpoint": {"argument": checkpoint, "source": resolved.source,
+                       "sha256": digest, "bytes": os.path.getsize(local)},
+        "num_classes": cfg.get("num_classes") if kind == "classifier" else None,
+        "labels": {"count": len(names), "file": "assets/labels.txt",
+                   "from": os.fspath(labels) if isinstance(labels, (str, os.PathLike))
+                   else ("argument" if labels is not None else "default")}
+        if names is not None else None,
+        "signatures": list(signatures.SIGNATURES),
+        "preprocessing": "bilinear resize to image_size (half-pixel centers, no "
+                         "antialias, no crop), then (x - 127.5) / 127.5",
+        "jax2tf": {"native_serialization_platforms": list(signatures.PLATFORMS),
+                   "polymorphic_shapes": f"(b, {image_size}, {image_size}, 3)",
+                   "with_gradient": True},
+        "warmup": {"file": f"assets.extra/{warmup.FILENAME}", "records": records,
+                   "serving_default_batch_sizes": batch_sizes},
+        "verification": check,
+        "libraries": _library_versions(),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "export_seconds": round(time.perf_counter() - started, 1),
+    }
+    (extra / "export_manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    with _step(f"publish version {version}"):
+      target = repository.publish(tmp, model_dir, version)
+  except BaseException:
+    shutil.rmtree(tmp, ignore_errors=True)
+    _remove_empty(created)
+    raise
+
+  if model_config_file is not None:
+    base_path = repository.base_path_for(repo, name, model_config_file)
+    if repository.ensure_model_entry(model_config_file, name, base_path):
+      log.info("added %s to %s (base_path %s)", name, model_config_file, base_path)
+  log.info("exported %s in %.1fs", target, time.perf_counter() - started)
+  return target
+
+
+def _remove_empty(dirs: list[Path]) -> None:
+  """Removes the directories this export created, deepest first, if empty."""
+  for d in reversed(dirs):
+    with contextlib.suppress(OSError):
+      d.rmdir()
