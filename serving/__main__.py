@@ -1,0 +1,151 @@
+"""`python -m serving`: the embedded drop-in for tensorflow_model_server.
+
+Start-up follows TF Serving: read the flags and config files (a config that
+does not parse stops start-up with TF Serving's message), load the models
+(waiting for them), then open the ports and print them in TF Serving's log
+lines ("Running gRPC ModelServer at ...", "Exporting HTTP/REST API at:...")
+so scripts and tests can wait for them.  SIGTERM/SIGINT stop it cleanly.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sys
+import threading
+
+
+def main(argv: list[str]) -> int:
+  from serving import flags
+  values = flags.parse_or_exit(argv)
+  logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                      format="%(asctime)s.%(msecs)03d: %(levelname).1s serving] %(message)s",
+                      datefmt="%Y-%m-%d %H:%M:%S")
+  log = logging.getLogger("serving")
+  if values["version"]:
+    from importlib.metadata import version
+    print(f"TensorFlow ModelServer (embedded): {version('tensorflow-serving-api')}")
+    return 0
+  for name in flags.ignored(values):
+    log.warning("--%s is accepted for compatibility but has no effect here", name)
+  try:
+    return _serve(values, log)
+  except Exception as e:  # noqa: BLE001  (report start-up failures the way TF Serving does)
+    from serving.errors import ServingError
+    text = str(e) if isinstance(e, ServingError) else f"{type(e).__name__}: {e}"
+    log.error("Failed to start server. Error: %s", text)
+    return 1
+
+
+def _configure_tensorflow(values: dict) -> None:
+  import tensorflow as tf
+  both = values["tensorflow_session_parallelism"]
+  intra = values["tensorflow_intra_op_parallelism"] or both
+  inter = values["tensorflow_inter_op_parallelism"] or both
+  if intra:
+    tf.config.threading.set_intra_op_parallelism_threads(intra)
+  if inter:
+    tf.config.threading.set_inter_op_parallelism_threads(inter)
+  if values["xla_cpu_compilation_enabled"]:
+    tf.config.optimizer.set_jit(True)
+
+
+def _serve(values: dict, log: logging.Logger) -> int:
+  from serving import config, grpc_service
+  from serving.batching import Batcher
+  from serving.core import Core
+  from serving.metrics import Metrics
+  from serving.model_manager import LoadOptions, ModelManager
+  from serving.rest import RestServer
+
+  config_file = values["model_config_file"]
+  if config_file:
+    server_config = config.read_model_server_config(config_file)
+  elif values["model_base_path"]:
+    server_config = config.single_model_config(values["model_name"], values["model_base_path"])
+  else:
+    raise ValueError("Both server_model_config_file and model_base_path are empty! "
+                     "(give --model_config_file, or --model_name and --model_base_path)")
+  batching = config.read_batching_options(values["batching_parameters_file"]) \
+      if values["enable_batching"] else None
+  prometheus_path = config.read_prometheus_path(values["monitoring_config_file"])
+  _configure_tensorflow(values)
+
+  metrics = Metrics()
+  manager = ModelManager(LoadOptions(
+      tags=tuple(t for t in values["saved_model_tags"].split(",") if t),
+      warmup=values["enable_model_warmup"],
+      warmup_iterations=max(1, values["num_request_iterations_for_warmup"]),
+      max_load_retries=values["max_num_load_retries"],
+      load_retry_interval_s=values["load_retry_interval_micros"] / 1e6,
+      allow_labels_for_unavailable=values["allow_version_labels_for_unavailable_models"]))
+  manager.apply_config(server_config)
+  fs_poll = values["file_system_poll_wait_seconds"]
+  config_poll = values["model_config_file_poll_wait_seconds"] if config_file else 0
+  last_text = [_read(config_file)]
+
+  def changed_config():
+    text = _read(config_file)
+    if text == last_text[0]:
+      return None
+    new = config.read_model_server_config(config_file)
+    last_text[0] = text
+    log.info("Reloading model config from %s", config_file)
+    return new
+
+  manager.start_polling(fs_poll, changed_config, config_poll)
+
+  batcher = Batcher(batching, metrics) if batching else None
+  core = Core(manager, metrics, batcher)
+  bind = values["bind"]
+  grpc_server = None
+  if values["port"] or values["grpc_socket_path"]:
+    grpc_server, port = grpc_service.start(
+        core, bind=bind, port=values["port"], socket_path=values["grpc_socket_path"],
+        channel_arguments=values["grpc_channel_arguments"], max_threads=values["grpc_max_threads"])
+    if port:
+      log.info("Running gRPC ModelServer at %s:%d ...", bind, port)
+    if values["grpc_socket_path"]:
+      log.info("Running gRPC ModelServer at UNIX socket %s ...", values["grpc_socket_path"])
+  rest = None
+  if values["rest_api_port"]:
+    rest = RestServer(core, bind=bind, port=values["rest_api_port"],
+                      num_threads=values["rest_api_num_threads"],
+                      timeout_ms=values["rest_api_timeout_in_ms"],
+                      max_body_bytes=values["rest_api_max_body_bytes"],
+                      prometheus_path=prometheus_path,
+                      cors=values["rest_api_enable_cors_support"])
+    rest.start()
+    log.info("Exporting HTTP/REST API at:%s:%d ...", bind, rest.port)
+  elif prometheus_path:
+    log.warning("Prometheus metrics are enabled but --rest_api_port is 0: not exported")
+
+  stop = threading.Event()
+  for sig in (signal.SIGTERM, signal.SIGINT):
+    signal.signal(sig, lambda *_: stop.set())
+  stop.wait()
+  log.info("Shutting down")
+  if rest is not None:
+    rest.stop()
+  if grpc_server is not None:
+    grpc_server.stop(grace=2).wait(5)
+  manager.stop()
+  if batcher is not None:
+    batcher.stop()
+  return 0
+
+
+def _read(path: str) -> str | None:
+  if not path:
+    return None
+  try:
+    with open(path) as f:
+      return f.read()
+  except OSError:
+    return None
+
+
+if __name__ == "__main__":
+  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+  sys.exit(main(sys.argv[1:]))

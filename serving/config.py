@@ -1,0 +1,167 @@
+"""TF Serving's text-proto config files: models, batching, monitoring.
+
+`ModelServerConfig` ships with tensorflow-serving-api; `BatchingParameters`
+(session_bundle_config.proto) and `MonitoringConfig` (monitoring_config.proto)
+do not, so they are declared here from TF Serving's .proto field lists and
+parsed with protobuf's own text-format parser: a file written for
+tensorflow_model_server parses, and a typo fails the same way.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+
+from google.protobuf import descriptor_pb2, descriptor_pool, message_factory, text_format
+from google.protobuf import wrappers_pb2  # noqa: F401  (registers wrappers.proto in the pool)
+from tensorflow_serving.config import model_server_config_pb2
+
+from serving.errors import invalid_argument
+
+_FIELD = descriptor_pb2.FieldDescriptorProto
+
+
+def _declare() -> dict[str, type]:
+  pool = descriptor_pool.Default()
+  name = "embedded_serving/tf_serving_configs.proto"
+  try:
+    pool.FindFileByName(name)
+  except KeyError:
+    f = descriptor_pb2.FileDescriptorProto(name=name, package="tensorflow.serving",
+                                           syntax="proto3")
+    f.dependency.append("google/protobuf/wrappers.proto")
+    bp = f.message_type.add(name="BatchingParameters")
+    for number, field, wrapper in [
+        (1, "max_batch_size", "Int64Value"), (2, "batch_timeout_micros", "Int64Value"),
+        (3, "max_enqueued_batches", "Int64Value"), (4, "num_batch_threads", "Int64Value"),
+        (5, "thread_pool_name", "StringValue"),
+        (8, "enable_large_batch_splitting", "BoolValue"),
+        (9, "max_execution_batch_size", "Int64Value")]:
+      bp.field.add(name=field, number=number, type=_FIELD.TYPE_MESSAGE,
+                   label=_FIELD.LABEL_OPTIONAL, type_name=f".google.protobuf.{wrapper}")
+    bp.field.add(name="allowed_batch_sizes", number=6, type=_FIELD.TYPE_INT64,
+                 label=_FIELD.LABEL_REPEATED)
+    bp.field.add(name="pad_variable_length_inputs", number=7, type=_FIELD.TYPE_BOOL,
+                 label=_FIELD.LABEL_OPTIONAL)
+    pc = f.message_type.add(name="PrometheusConfig")
+    pc.field.add(name="enable", number=1, type=_FIELD.TYPE_BOOL, label=_FIELD.LABEL_OPTIONAL)
+    pc.field.add(name="path", number=2, type=_FIELD.TYPE_STRING, label=_FIELD.LABEL_OPTIONAL)
+    mc = f.message_type.add(name="MonitoringConfig")
+    mc.field.add(name="prometheus_config", number=1, type=_FIELD.TYPE_MESSAGE,
+                 label=_FIELD.LABEL_OPTIONAL, type_name=".tensorflow.serving.PrometheusConfig")
+    pool.Add(f)
+  return {n: message_factory.GetMessageClass(pool.FindMessageTypeByName(f"tensorflow.serving.{n}"))
+          for n in ("BatchingParameters", "PrometheusConfig", "MonitoringConfig")}
+
+
+_MESSAGES = _declare()
+BatchingParameters = _MESSAGES["BatchingParameters"]
+MonitoringConfig = _MESSAGES["MonitoringConfig"]
+DEFAULT_PROMETHEUS_PATH = "/monitoring/prometheus/metrics"
+
+
+def parse_text_file(path: str | os.PathLike, message):
+  """Fill `message` from a text-proto file, or fail with TF Serving's words."""
+  try:
+    text = Path(path).read_text()
+  except OSError as e:
+    raise invalid_argument(f"Invalid protobuf file: '{path}': {e.strerror}") from None
+  try:
+    text_format.Parse(text, message)
+  except text_format.ParseError as e:
+    raise invalid_argument(f"Invalid protobuf file: '{path}': {e}") from None
+  return message
+
+
+def read_model_server_config(path: str | os.PathLike) -> model_server_config_pb2.ModelServerConfig:
+  config = parse_text_file(path, model_server_config_pb2.ModelServerConfig())
+  validate_model_server_config(config, str(path))
+  return config
+
+
+def validate_model_server_config(config: model_server_config_pb2.ModelServerConfig,
+                                 path: str) -> None:
+  """What TF Serving checks before it acts on a config (file or reload)."""
+  if config.WhichOneof("config") == "custom_model_config":
+    raise invalid_argument(f"{path}: custom_model_config is not supported; use model_config_list")
+  names = [m.name for m in config.model_config_list.config]
+  for name in names:
+    if names.count(name) > 1:
+      raise invalid_argument(f"Illegal to list model {name} multiple times in config list")
+  for model in config.model_config_list.config:
+    if not model.name or not model.base_path:
+      raise invalid_argument(f"{path}: every model needs a name and a base_path")
+    if model.model_platform not in ("", "tensorflow"):
+      raise invalid_argument(
+          f"Model {model.name}: platform {model.model_platform!r} is not supported "
+          "(only \"tensorflow\")")
+
+
+def single_model_config(name: str, base_path: str) -> model_server_config_pb2.ModelServerConfig:
+  """What --model_name/--model_base_path mean: one model, latest version."""
+  config = model_server_config_pb2.ModelServerConfig()
+  config.model_config_list.config.add(name=name, base_path=base_path,
+                                      model_platform="tensorflow")
+  return config
+
+
+@dataclasses.dataclass(frozen=True)
+class BatchingOptions:
+  """BatchingParameters with TF Serving's defaults filled in."""
+  max_batch_size: int = 1000
+  batch_timeout_micros: int = 0
+  max_enqueued_batches: int = 10
+  num_batch_threads: int = max(1, len(os.sched_getaffinity(0)))
+  allowed_batch_sizes: tuple[int, ...] = ()
+  pad_variable_length_inputs: bool = False
+
+  @classmethod
+  def from_proto(cls, p) -> "BatchingOptions":
+    d = cls()
+    opts = cls(
+        max_batch_size=p.max_batch_size.value if p.HasField("max_batch_size") else d.max_batch_size,
+        batch_timeout_micros=(p.batch_timeout_micros.value if p.HasField("batch_timeout_micros")
+                              else d.batch_timeout_micros),
+        max_enqueued_batches=(p.max_enqueued_batches.value if p.HasField("max_enqueued_batches")
+                              else d.max_enqueued_batches),
+        num_batch_threads=(p.num_batch_threads.value if p.HasField("num_batch_threads")
+                           else d.num_batch_threads),
+        allowed_batch_sizes=tuple(p.allowed_batch_sizes),
+        pad_variable_length_inputs=p.pad_variable_length_inputs)
+    opts.validate()
+    return opts
+
+  def validate(self) -> None:
+    if self.max_batch_size < 1 or self.num_batch_threads < 1 or self.max_enqueued_batches < 1:
+      raise invalid_argument(
+          "max_batch_size, num_batch_threads and max_enqueued_batches must be positive")
+    sizes = self.allowed_batch_sizes
+    if sizes:
+      if any(b <= a for a, b in zip(sizes, sizes[1:])) or sizes[0] < 1:
+        raise invalid_argument("allowed_batch_sizes entries must be monotonically increasing")
+      if sizes[-1] != self.max_batch_size:
+        raise invalid_argument(
+            "final entry in allowed_batch_sizes must equal max_batch_size when "
+            "enable_large_batch_splitting is false")
+
+
+def read_batching_options(path: str) -> BatchingOptions:
+  if not path:
+    return BatchingOptions()
+  return BatchingOptions.from_proto(parse_text_file(path, BatchingParameters()))
+
+
+def read_prometheus_path(path: str) -> str | None:
+  """The metrics path when Prometheus export is enabled, else None."""
+  if not path:
+    return None
+  config = parse_text_file(path, MonitoringConfig())
+  if not config.prometheus_config.enable:
+    return None
+  return config.prometheus_config.path or DEFAULT_PROMETHEUS_PATH
+
+
+__all__ = ["BatchingOptions", "BatchingParameters", "MonitoringConfig",
+           "parse_text_file", "read_batching_options", "read_model_server_config",
+           "read_prometheus_path", "single_model_config", "validate_model_server_config"]

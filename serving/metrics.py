@@ -1,0 +1,187 @@
+"""Request and batching metrics, exported in Prometheus' text format.
+
+TF Serving's metric names and labels are kept where it has them
+(`:tensorflow:serving:request_count{model_name,status}`,
+`:tensorflow:serving:request_latency{model_name,API,entrypoint}` in
+microseconds, the batching histograms), so dashboards and alerts carry over.
+TF Serving has no per-version request metrics; an A/B comparison needs them,
+so `:embedded_serving:request_count` / `:embedded_serving:request_latency`
+add `model_version` and `signature_name` (embedded server only).  The text
+format is written by hand: it is a few lines, not worth a dependency.
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+import threading
+from typing import Iterable, Sequence
+
+
+def exponential_buckets(scale: float, growth: float, count: int) -> tuple[float, ...]:
+  """TF's monitoring::Buckets::Exponential upper bounds."""
+  return tuple(scale * growth**i for i in range(count))
+
+
+LATENCY_BUCKETS_US = exponential_buckets(10, 1.8, 33)
+BATCH_BUCKETS = tuple(float(2**i) for i in range(14))
+
+
+class _Family:
+
+  def __init__(self, name: str, help_: str, labels: Sequence[str]):
+    self.name = name
+    self.help = help_
+    self.labels = tuple(labels)
+    self._lock = threading.Lock()
+
+  def _key(self, values: Sequence[object]) -> tuple[str, ...]:
+    if len(values) != len(self.labels):
+      raise ValueError(f"{self.name} takes labels {self.labels}, got {values}")
+    return tuple(str(v) for v in values)
+
+  def _label_text(self, key: tuple[str, ...], extra: str = "") -> str:
+    parts = [f'{n}="{_escape(v)}"' for n, v in zip(self.labels, key)]
+    if extra:
+      parts.append(extra)
+    return "{" + ",".join(parts) + "}" if parts else ""
+
+
+class Counter(_Family):
+
+  def __init__(self, name: str, help_: str, labels: Sequence[str]):
+    super().__init__(name, help_, labels)
+    self._values: dict[tuple[str, ...], float] = {}
+
+  def inc(self, *labels: object, amount: float = 1) -> None:
+    key = self._key(labels)
+    with self._lock:
+      self._values[key] = self._values.get(key, 0) + amount
+
+  def values(self) -> dict[tuple[str, ...], float]:
+    with self._lock:
+      return dict(self._values)
+
+  def render(self) -> Iterable[str]:
+    yield f"# HELP {self.name} {self.help}"
+    yield f"# TYPE {self.name} counter"
+    for key, value in sorted(self.values().items()):
+      yield f"{self.name}{self._label_text(key)} {_num(value)}"
+
+
+class Histogram(_Family):
+
+  def __init__(self, name: str, help_: str, labels: Sequence[str], buckets: Sequence[float]):
+    super().__init__(name, help_, labels)
+    self.buckets = tuple(buckets)
+    self._cells: dict[tuple[str, ...], list] = {}   # key -> [counts per bucket + inf, sum, n]
+
+  def observe(self, value: float, *labels: object) -> None:
+    key = self._key(labels)
+    with self._lock:
+      cell = self._cells.setdefault(key, [[0] * (len(self.buckets) + 1), 0.0, 0])
+      cell[0][bisect.bisect_left(self.buckets, value)] += 1
+      cell[1] += value
+      cell[2] += 1
+
+  def summary(self) -> dict[tuple[str, ...], dict[str, float]]:
+    """{labels: {"count", "sum", "mean"}} for Python callers."""
+    with self._lock:
+      return {k: {"count": c[2], "sum": c[1], "mean": c[1] / c[2] if c[2] else math.nan}
+              for k, c in self._cells.items()}
+
+  def render(self) -> Iterable[str]:
+    yield f"# HELP {self.name} {self.help}"
+    yield f"# TYPE {self.name} histogram"
+    with self._lock:
+      cells = {k: ([*c[0]], c[1], c[2]) for k, c in self._cells.items()}
+    for key, (counts, total, n) in sorted(cells.items()):
+      running = 0
+      for bound, count in zip([*self.buckets, math.inf], counts):
+        running += count
+        le = "+Inf" if bound == math.inf else _num(bound)
+        labels = self._label_text(key, 'le="' + le + '"')
+        yield f"{self.name}_bucket{labels} {running}"
+      yield f"{self.name}_sum{self._label_text(key)} {_num(total)}"
+      yield f"{self.name}_count{self._label_text(key)} {n}"
+
+
+class Metrics:
+  """Every metric the server records; one instance per server."""
+
+  def __init__(self):
+    self.request_count = Counter(
+        ":tensorflow:serving:request_count",
+        "The total number of requests.", ["model_name", "status"])
+    self.request_latency = Histogram(
+        ":tensorflow:serving:request_latency",
+        "Distribution of wall time (in microseconds) for Tensorflow Serving request.",
+        ["model_name", "API", "entrypoint"], LATENCY_BUCKETS_US)
+    self.input_batch_size = Histogram(
+        ":tensorflow:serving:batching:input_batch_size",
+        "Tracks the batch size distribution on the inputs by model_name (if available).",
+        ["model_name", "op_name"], BATCH_BUCKETS)
+    self.processed_batch_size = Histogram(
+        ":tensorflow:serving:batching:processed_batch_size",
+        "Tracks the batch size distribution on processing by model_name (if available).",
+        ["model_name", "op_name"], BATCH_BUCKETS)
+    self.padding_size = Histogram(
+        ":tensorflow:serving:batching:padding_size",
+        "Tracks the padding size distribution on batches by model_name (if available).",
+        ["model_name", "execution_batch_size", "op_name"], BATCH_BUCKETS)
+    self.version_request_count = Counter(
+        ":embedded_serving:request_count",
+        "Requests per model version and signature (embedded server only).",
+        ["model_name", "model_version", "signature_name", "API", "entrypoint", "status"])
+    self.version_request_latency = Histogram(
+        ":embedded_serving:request_latency",
+        "Wall time (in microseconds) per model version and signature (embedded server only).",
+        ["model_name", "model_version", "signature_name", "API", "entrypoint"],
+        LATENCY_BUCKETS_US)
+    self._all = [self.request_count, self.request_latency, self.input_batch_size,
+                 self.processed_batch_size, self.padding_size, self.version_request_count,
+                 self.version_request_latency]
+
+  def record_request(self, *, model: str, version: int | None, signature: str, api: str,
+                     entrypoint: str, status: str, latency_us: float) -> None:
+    self.request_count.inc(model, status)
+    self.request_latency.observe(latency_us, model, api, entrypoint)
+    v = "" if version is None else version
+    self.version_request_count.inc(model, v, signature, api, entrypoint, status)
+    self.version_request_latency.observe(latency_us, model, v, signature, api, entrypoint)
+
+  def record_batch(self, *, model: str, signature: str, inputs: int, padded: int) -> None:
+    self.processed_batch_size.observe(padded, model, signature)
+    self.padding_size.observe(padded - inputs, model, padded, signature)
+
+  def requests_by_version(self, model: str) -> dict[str, dict[str, float]]:
+    """{version: {"requests", "errors", "mean_latency_us"}} for one model,
+    summed over signatures and entry points: what an A/B comparison reads."""
+    out: dict[str, dict[str, float]] = {}
+    for (name, version, _, _, _, status), n in self.version_request_count.values().items():
+      if name == model:
+        cell = out.setdefault(version, {"requests": 0, "errors": 0, "latency_sum_us": 0.0})
+        cell["requests"] += n
+        cell["errors"] += 0 if status == "OK" else n
+    for (name, version, _, _, _), s in self.version_request_latency.summary().items():
+      if name == model and version in out:
+        out[version]["latency_sum_us"] += s["sum"]
+    for cell in out.values():
+      cell["mean_latency_us"] = cell.pop("latency_sum_us") / cell["requests"]
+    return out
+
+  def prometheus_text(self) -> str:
+    lines: list[str] = []
+    for family in self._all:
+      lines.extend(family.render())
+    return "\n".join(lines) + "\n"
+
+
+def _escape(value: str) -> str:
+  return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+
+
+def _num(value: float) -> str:
+  if value == math.inf:
+    return "+Inf"
+  return repr(int(value)) if float(value).is_integer() and abs(value) < 1e15 else repr(float(value))

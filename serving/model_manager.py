@@ -1,0 +1,295 @@
+"""TF Serving's model lifecycle: which versions are loaded, and when.
+
+For each configured model the repository `<base_path>/<integer version>/` is
+polled; the version policy (latest N, all, specific) picks the aspired
+versions; new ones are loaded, warmed up from their
+assets.extra/tf_serving_warmup_requests and only then become AVAILABLE; old
+ones are unloaded only once an aspired version is AVAILABLE
+(availability-preserving), so a version that fails to load (reported as END
+with its error) never takes the serving one down.  Version labels may only
+point at AVAILABLE versions unless allowed otherwise; config reloads (from
+the file or HandleReloadConfigRequest) add, change and remove models.
+Directories that are not integers (an exporter's `.tmp-123`) are ignored.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import threading
+import time
+from pathlib import Path
+from typing import Callable
+
+from tensorflow_serving.config import model_server_config_pb2
+
+from serving.errors import (Code, ServingError, failed_precondition, invalid_argument,
+                            not_found)
+from serving.servable import Servable
+
+log = logging.getLogger("serving")
+
+START, LOADING, AVAILABLE, UNLOADING, END = "START", "LOADING", "AVAILABLE", "UNLOADING", "END"
+
+
+@dataclasses.dataclass
+class VersionState:
+  version: int
+  state: str = START
+  error: ServingError | None = None
+  servable: Servable | None = None
+  failures: int = 0
+  failed_at: float = 0.0
+
+
+@dataclasses.dataclass
+class Model:
+  config: model_server_config_pb2.ModelConfig
+  base_path: Path
+  versions: dict[int, VersionState] = dataclasses.field(default_factory=dict)
+  labels: dict[str, int] = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass(frozen=True)
+class LoadOptions:
+  tags: tuple[str, ...] = ("serve",)
+  warmup: bool = True
+  warmup_iterations: int = 1
+  max_load_retries: int = 5
+  load_retry_interval_s: float = 60.0
+  allow_labels_for_unavailable: bool = False
+
+
+class ModelManager:
+  """Thread-safe: requests resolve servables while polls load and unload."""
+
+  def __init__(self, options: LoadOptions = LoadOptions(),
+               loader: Callable[..., Servable] = Servable.load):
+    self.options = options
+    self._loader = loader
+    self._lock = threading.RLock()        # guards _models (cheap, held briefly)
+    self._work = threading.Lock()         # serializes loads/unloads/reloads
+    self._models: dict[str, Model] = {}
+    self._stop = threading.Event()
+    self._threads: list[threading.Thread] = []
+
+  # ----------------------------------------------------------- configuration
+
+  def apply_config(self, config: model_server_config_pb2.ModelServerConfig) -> None:
+    """Make `config` current: load what it adds (waiting for the loads, as TF
+    Serving does), unload what it drops, then move the version labels."""
+    wanted = {m.name: m for m in config.model_config_list.config}
+    with self._work:
+      with self._lock:
+        removed = [self._models.pop(n) for n in list(self._models) if n not in wanted]
+        for name, cfg in wanted.items():
+          base = Path(os.path.abspath(cfg.base_path))    # relative: to the working directory
+          model = self._models.get(name)
+          if model is None:
+            self._models[name] = Model(cfg, base)
+          else:
+            model.config, model.base_path = cfg, base
+      for model in removed:
+        for vs in model.versions.values():
+          self._unload(model, vs)
+      for name in wanted:
+        self._poll_model(self._models[name])
+      self._apply_labels(wanted)
+
+  def _apply_labels(self, wanted: dict[str, model_server_config_pb2.ModelConfig]) -> None:
+    updates = {}
+    for name, cfg in wanted.items():
+      model = self._models[name]
+      for label, version in cfg.version_labels.items():
+        vs = model.versions.get(version)
+        if not self.options.allow_labels_for_unavailable and (vs is None or vs.state != AVAILABLE):
+          raise failed_precondition(
+              f"Request to assign label to version {version} of model {name}, which is not "
+              "currently available for inference")
+      updates[name] = dict(cfg.version_labels)
+    with self._lock:
+      for name, labels in updates.items():
+        self._models[name].labels = labels
+
+  # ------------------------------------------------------------------ polling
+
+  def poll(self) -> None:
+    """One pass over every model's repository."""
+    with self._work:
+      with self._lock:
+        models = list(self._models.values())
+      for model in models:
+        self._poll_model(model)
+
+  def start_polling(self, interval_s: float,
+                    config_reader: Callable[[], model_server_config_pb2.ModelServerConfig | None]
+                    | None = None, config_interval_s: float = 0) -> None:
+    """Background threads: repository polls every `interval_s` (if > 0) and
+    config re-reads every `config_interval_s` (if > 0 and a reader is given)."""
+    if interval_s > 0:
+      self._spawn("fs-poll", interval_s, self.poll)
+    if config_reader is not None and config_interval_s > 0:
+      def reload() -> None:
+        config = config_reader()
+        if config is not None:
+          self.apply_config(config)
+      self._spawn("config-poll", config_interval_s, reload)
+
+  def _spawn(self, name: str, interval_s: float, step: Callable[[], None]) -> None:
+    def loop() -> None:
+      while not self._stop.wait(interval_s):
+        try:
+          step()
+        except ServingError as e:
+          log.error("%s: %s", name, e)
+        except Exception:  # noqa: BLE001  (a poll must never kill the server)
+          log.exception("%s failed", name)
+    t = threading.Thread(target=loop, name=name, daemon=True)
+    t.start()
+    self._threads.append(t)
+
+  def stop(self) -> None:
+    self._stop.set()
+    for t in self._threads:
+      t.join(timeout=10)
+
+  def _versions_on_disk(self, model: Model) -> dict[int, Path]:
+    try:
+      entries = list(model.base_path.iterdir())
+    except OSError as e:
+      log.warning("No versions of servable %s found under base path %s (%s)",
+                  model.config.name, model.base_path, e.strerror)
+      return {}
+    return {int(p.name): p for p in entries if p.name.isdigit() and p.is_dir()}
+
+  def _aspired(self, model: Model, on_disk: dict[int, Path]) -> list[int]:
+    policy = model.config.model_version_policy
+    kind = policy.WhichOneof("policy_choice")
+    if kind == "all":
+      return sorted(on_disk, reverse=True)
+    if kind == "specific":
+      return sorted((v for v in set(policy.specific.versions) if v in on_disk), reverse=True)
+    n = policy.latest.num_versions if kind == "latest" and policy.latest.num_versions else 1
+    return sorted(on_disk, reverse=True)[:n]
+
+  def _poll_model(self, model: Model) -> None:
+    on_disk = self._versions_on_disk(model)
+    aspired = self._aspired(model, on_disk)
+    for version in aspired:
+      vs = model.versions.get(version)
+      if vs is not None and vs.state == AVAILABLE:
+        continue
+      if vs is not None and vs.error is not None and not self._retry_due(vs):
+        continue
+      self._load(model, version, on_disk[version])
+    with self._lock:
+      any_aspired_available = any(
+          model.versions.get(v) is not None and model.versions[v].state == AVAILABLE
+          for v in aspired)
+      to_unload = [vs for v, vs in model.versions.items()
+                   if v not in aspired and vs.state == AVAILABLE]
+      for v in [v for v, vs in model.versions.items()
+                if vs.error is not None and v not in on_disk]:
+        del model.versions[v]          # a failed version that was removed: forget it
+    if any_aspired_available or not aspired:
+      for vs in to_unload:
+        self._unload(model, vs)
+
+  def _retry_due(self, vs: VersionState) -> bool:
+    return (vs.failures <= self.options.max_load_retries
+            and time.monotonic() - vs.failed_at >= self.options.load_retry_interval_s)
+
+  def _load(self, model: Model, version: int, path: Path) -> None:
+    name = model.config.name
+    with self._lock:
+      vs = model.versions.setdefault(version, VersionState(version))
+      vs.state, vs.error = LOADING, None
+    log.info("Loading servable version {name: %s version: %d} from %s", name, version, path)
+    started = time.monotonic()
+    try:
+      servable = self._loader(name, version, path, self.options.tags)
+      if self.options.warmup:
+        n = servable.warmup(lambda s, key, inputs: s.call(key, inputs),
+                            self.options.warmup_iterations)
+        if n:
+          log.info("Finished reading warmup data for model at %s. Number of warmup records "
+                   "read: %d.", path, n)
+    except ServingError as e:
+      self._failed(vs, e, name)
+      return
+    except Exception as e:  # noqa: BLE001  (a bad version must not stop the server)
+      self._failed(vs, ServingError(Code.UNKNOWN, f"{type(e).__name__}: {e}"), name)
+      return
+    with self._lock:
+      vs.servable, vs.state, vs.failures = servable, AVAILABLE, 0
+    log.info("Successfully loaded servable version {name: %s version: %d} in %.1f s",
+             name, version, time.monotonic() - started)
+
+  def _failed(self, vs: VersionState, error: ServingError, name: str) -> None:
+    with self._lock:
+      vs.state, vs.error, vs.servable = END, error, None
+      vs.failures += 1
+      vs.failed_at = time.monotonic()
+    log.error("Loading servable: {name: %s version: %d} failed: %s", name, vs.version, error)
+
+  def _unload(self, model: Model, vs: VersionState) -> None:
+    with self._lock:
+      vs.state = UNLOADING
+    log.info("Unloading servable version {name: %s version: %d}", model.config.name, vs.version)
+    with self._lock:
+      vs.servable, vs.state = None, END    # in-flight requests keep their reference
+
+  # ----------------------------------------------------------------- requests
+
+  def resolve(self, name: str, version: int | None = None, label: str = "") -> Servable:
+    """The servable a ModelSpec asks for, or TF Serving's NOT_FOUND /
+    INVALID_ARGUMENT."""
+    with self._lock:
+      model = self._models.get(name)
+      if label:
+        if model is None or label not in model.labels:
+          raise invalid_argument(f"Unrecognized servable version label: {label}")
+        version = model.labels[label]
+      if version is not None:
+        vs = model.versions.get(version) if model else None
+        if vs is not None and vs.state == AVAILABLE and vs.servable is not None:
+          return vs.servable
+        raise not_found(f"Servable not found for request: Specific({name}, {version})")
+      if model is not None:
+        for v in sorted(model.versions, reverse=True):
+          vs = model.versions[v]
+          if vs.state == AVAILABLE and vs.servable is not None:
+            return vs.servable
+      raise not_found(f"Servable not found for request: Latest({name})")
+
+  def status(self, name: str, version: int | None = None,
+             label: str = "") -> list[VersionState]:
+    """Version states for GetModelStatus, newest first."""
+    with self._lock:
+      model = self._models.get(name)
+      if label:
+        if model is None or label not in model.labels:
+          raise invalid_argument(f"Unrecognized servable version label: {label}")
+        version = model.labels[label]
+      if model is None or not model.versions:
+        raise not_found(f"Could not find any versions of model {name}")
+      if version is not None:
+        if version not in model.versions:
+          raise not_found(f"Could not find version {version} of model {name}")
+        return [dataclasses.replace(model.versions[version])]
+      return [dataclasses.replace(model.versions[v])
+              for v in sorted(model.versions, reverse=True)]
+
+  def model_names(self) -> list[str]:
+    with self._lock:
+      return sorted(self._models)
+
+  def labels(self, name: str) -> dict[str, int]:
+    with self._lock:
+      model = self._models.get(name)
+      return dict(model.labels) if model else {}
+
+
+__all__ = ["AVAILABLE", "END", "LOADING", "LoadOptions", "ModelManager", "START",
+           "UNLOADING", "VersionState"]

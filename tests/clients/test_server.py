@@ -1,0 +1,259 @@
+"""The clients against the embedded server serving a real export.
+
+tests/data/vit_a_token.npz is exported once (version 1) and copied as
+version 2; models.config labels them `stable` and `canary`. Every result is
+checked against the SavedModel loaded in this process, and gRPC against REST.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from PIL import Image
+
+from clients import (ClientError, GrpcClient, RestClient, RetryPolicy, RoutedClient, Router,
+                     label_arms, preprocessing)
+from tests.serving.helpers import ROOT, ServerProcess, free_port
+
+LABELS = [f"class_{i}" for i in range(10)]
+SIZE = 32
+FAST = RetryPolicy(attempts=2, initial_backoff=0.01, jitter=0.0)
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory, reference_manifest, data_dir):
+  from export.exporter import export_checkpoint
+  root = tmp_path_factory.mktemp("client_repo")
+  version_1 = export_checkpoint(
+      str(data_dir / "vit_a_token.npz"), "vit", root / "models",
+      config=reference_manifest["vit_a_token"]["config"], image_size=SIZE, labels=LABELS,
+      version=1, model_config_file=None, warmup_batch_sizes=(1,))
+  shutil.copytree(version_1, version_1.parent / "2")
+  config = root / "models.config"
+  config.write_text(f"""model_config_list {{
+  config {{
+    name: "vit"
+    base_path: "{version_1.parent}"
+    model_platform: "tensorflow"
+    model_version_policy {{ specific {{ versions: 1 versions: 2 }} }}
+    version_labels {{ key: "stable" value: 1 }}
+    version_labels {{ key: "canary" value: 2 }}
+  }}
+}}
+""")
+  return root
+
+
+@pytest.fixture(scope="module")
+def server(repo):
+  process = ServerProcess([f"--port={free_port()}", f"--rest_api_port={free_port()}",
+                           f"--model_config_file={repo / 'models.config'}"])
+  yield process
+  process.stop()
+
+
+@pytest.fixture(scope="module")
+def grpc_client(server):
+  with GrpcClient(server.grpc_address, timeout=60, retry=FAST) as client:
+    yield client
+
+
+@pytest.fixture(scope="module")
+def rest_client(server):
+  with RestClient(server.rest_address, timeout=60, retry=FAST) as client:
+    yield client
+
+
+@pytest.fixture(scope="module")
+def saved_model(repo):
+  return tf.saved_model.load(str(repo / "models" / "vit" / "1"))
+
+
+def _photo(height: int, width: int, seed: int) -> np.ndarray:
+  rng = np.random.default_rng(seed)
+  y, x = np.mgrid[0:height, 0:width]
+  base = np.stack([x * 255 / (width - 1), y * 255 / (height - 1), (x * y) % 97 * 2.6], axis=-1)
+  return np.clip(base + rng.normal(0, 25, base.shape), 0, 255).astype(np.uint8)
+
+
+def _encode(image: np.ndarray, fmt: str) -> bytes:
+  buffer = io.BytesIO()
+  Image.fromarray(image).save(buffer, format=fmt)
+  return buffer.getvalue()
+
+
+@pytest.fixture(scope="module")
+def encoded():
+  """Five images of assorted sizes and formats (JPEG and PNG)."""
+  shapes = [(64, 48), (32, 32), (20, 90), (100, 100), (33, 31)]
+  return [_encode(_photo(h, w, seed), "JPEG" if seed % 2 else "PNG")
+          for seed, (h, w) in enumerate(shapes)]
+
+
+def _reference(saved_model, signature: str, **inputs) -> dict[str, np.ndarray]:
+  outputs = saved_model.signatures[signature](**{k: tf.constant(v) for k, v in inputs.items()})
+  return {k: v.numpy() for k, v in outputs.items()}
+
+
+def _assert_same(actual: dict, expected: dict) -> None:
+  assert sorted(actual) == sorted(expected)
+  for name, value in expected.items():
+    if value.dtype == object:
+      assert actual[name].tolist() == value.tolist(), name
+    else:
+      assert actual[name].dtype == value.dtype, name
+      np.testing.assert_allclose(actual[name], value, rtol=0, atol=1e-5, err_msg=name)
+
+
+def test_every_signature_equals_the_saved_model_on_both_transports(
+    grpc_client, rest_client, saved_model, encoded):
+  images = preprocessing.preprocess_batch(encoded, SIZE)
+  pixels = np.stack([preprocessing.resize_uint8(e, SIZE) for e in encoded])
+  byte_array = np.array(encoded, dtype=object)
+  expected = {"serving_default": _reference(saved_model, "serving_default", images=images),
+              "predict_uint8": _reference(saved_model, "predict_uint8", images=pixels),
+              "predict_bytes": _reference(saved_model, "predict_bytes", image_bytes=byte_array)}
+  for client in (grpc_client, rest_client):
+    _assert_same(client.predict_images("vit", images).outputs, expected["serving_default"])
+    _assert_same(client.predict_pixels("vit", pixels).outputs, expected["predict_uint8"])
+    _assert_same(client.predict_encoded("vit", encoded).outputs, expected["predict_bytes"])
+  # Client-side preprocessing reproduces the server's: same answer either way.
+  _assert_same(expected["serving_default"], expected["predict_bytes"])
+
+
+def test_top_k_is_decoded_with_labels(grpc_client, rest_client, encoded):
+  via_grpc = grpc_client.predict_encoded("vit", encoded).top_k(3)
+  via_rest = rest_client.predict_encoded("vit", encoded).top_k(3)
+  assert [[(t.class_id, t.label) for t in row] for row in via_grpc] == \
+         [[(t.class_id, t.label) for t in row] for row in via_rest]
+  for row, rest_row in zip(via_grpc, via_rest):
+    assert all(t.label == LABELS[t.class_id] for t in row)
+    assert [t.score for t in row] == sorted((t.score for t in row), reverse=True)
+    np.testing.assert_allclose([t.score for t in row], [t.score for t in rest_row], atol=1e-6)
+
+
+def test_answering_version_is_reported(grpc_client, rest_client, server, encoded):
+  assert grpc_client.predict_encoded("vit", encoded[:1], label="stable").model_version == 1
+  assert grpc_client.predict_encoded("vit", encoded[:1], label="canary").model_version == 2
+  assert grpc_client.predict_encoded("vit", encoded[:1], version=1).model_version == 1
+  assert grpc_client.predict_encoded("vit", encoded[:1]).model_version == 2  # latest
+  # REST's predict response has no version: known only when pinned or resolved.
+  assert rest_client.predict_encoded("vit", encoded[:1], version=1).model_version == 1
+  assert rest_client.predict_encoded("vit", encoded[:1], label="canary").model_version is None
+  with RestClient(server.rest_address, resolve_versions=True) as resolving:
+    assert resolving.predict_encoded("vit", encoded[:1], label="stable").model_version == 1
+    assert resolving.predict_encoded("vit", encoded[:1]).model_version == 2
+
+
+def test_metadata_and_status_agree_across_transports(grpc_client, rest_client):
+  for ref in ({}, {"version": 1}, {"label": "canary"}):
+    via_grpc, via_rest = grpc_client.metadata("vit", **ref), rest_client.metadata("vit", **ref)
+    assert via_grpc == via_rest
+    assert via_grpc.image_size() == SIZE
+  signatures = grpc_client.metadata("vit").signatures
+  assert set(signatures) >= {"serving_default", "predict_uint8", "predict_bytes"}
+  assert signatures["predict_bytes"].inputs["image_bytes"].dtype == "DT_STRING"
+  assert signatures["serving_default"].outputs["top_k_classes"].dtype == "DT_INT32"
+  assert grpc_client.metadata("vit", label="stable").version == 1
+  for client in (grpc_client, rest_client):
+    assert [(s.version, s.state) for s in client.status("vit")] == [(2, "AVAILABLE"),
+                                                                     (1, "AVAILABLE")]
+    assert [s.version for s in client.status("vit", version=1)] == [1]
+
+
+def test_bad_requests_give_clear_client_errors(grpc_client, rest_client):
+  wrong_size = np.zeros((1, 16, 16, 3), np.float32)
+  for client in (grpc_client, rest_client):
+    with pytest.raises(ClientError) as error:
+      client.predict_images("vit", wrong_size)
+    assert error.value.code == "INVALID_ARGUMENT" and error.value.attempts == 1
+    assert error.value.message and "serving_default" in str(error.value)
+    with pytest.raises(ClientError) as error:
+      client.predict_images("nope", wrong_size)
+    assert error.value.code == "NOT_FOUND" and "model 'nope'" in str(error.value)
+    with pytest.raises(ClientError) as error:
+      client.metadata("vit", version=9)
+    assert error.value.code == "NOT_FOUND" and "version 9" in str(error.value)
+  with pytest.raises(TypeError, match="uint8"):
+    grpc_client.predict_pixels("vit", wrong_size)
+
+
+def test_large_inputs_are_split_and_kept_in_order(grpc_client, rest_client, encoded):
+  many = encoded * 3  # 15 images
+  whole = grpc_client.predict_encoded("vit", many, batch_size=64)
+  for client in (grpc_client, rest_client):
+    split = client.predict_encoded("vit", many, batch_size=4, progress=False)
+    assert len(split.row_versions) == 15
+    np.testing.assert_allclose(split["logits"], whole["logits"], atol=1e-5)
+  assert whole.row_versions == (2,) * 15
+  np.testing.assert_allclose(whole["logits"][5:10], whole["logits"][:5], atol=1e-5)
+
+
+def test_routed_predictions_stick_to_their_arm(grpc_client, encoded):
+  router = Router(label_arms({"stable": 80, "canary": 20}), salt="test")
+  routed = RoutedClient(grpc_client, "vit", router)
+  answered = {}
+  for i in range(40):
+    prediction = routed.predict_encoded(encoded[:1], key=f"user-{i}")
+    assert prediction.model_version == {"stable": 1, "canary": 2}[prediction.arm]
+    answered[f"user-{i}"] = prediction.arm
+  again = [routed.predict_encoded(encoded[:1], key=k).arm for k in list(answered)[:10]]
+  assert again == list(answered.values())[:10]
+  assert sum(router.counts().values()) == 50
+  assert set(answered.values()) == {"stable", "canary"}
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess:
+  return subprocess.run([sys.executable, "-m", "clients", *args], cwd=ROOT, text=True,
+                        capture_output=True, timeout=120)
+
+
+def test_cli_predict_json_and_text(server, grpc_client, encoded, tmp_path):
+  folder = tmp_path / "images"
+  (folder / "nested").mkdir(parents=True)
+  paths = []
+  for i, data in enumerate(encoded[:3]):
+    suffix = ".png" if data.startswith(b"\x89PNG") else ".jpg"
+    path = (folder / "nested" if i == 2 else folder) / f"img{i}{suffix}"
+    path.write_bytes(data)
+    paths.append(path)
+  (folder / "notes.txt").write_text("not an image")
+  expected = grpc_client.predict_encoded("vit", paths, label="canary").top_k(2)
+
+  done = _cli("predict", "--server", server.grpc_address, "--model", "vit", "--label", "canary",
+              "--top-k", "2", "--json", str(folder))
+  assert done.returncode == 0, done.stderr
+  listed = json.loads(done.stdout)
+  assert [item["image"] for item in listed] == [str(p) for p in sorted(paths)]
+  by_path = dict(zip(map(str, paths), expected))
+  for item in listed:
+    best = by_path[item["image"]]
+    assert [(t["class"], t["label"]) for t in item["top_k"]] == [
+        (b.class_id, b.label) for b in best]
+    np.testing.assert_allclose([t["score"] for t in item["top_k"]], [b.score for b in best],
+                               atol=1e-6)
+
+  done = _cli("predict", "--server", server.rest_address, "--rest", "--model", "vit",
+              "--version", "1", str(paths[0]))
+  assert done.returncode == 0, done.stderr
+  assert "vit version 1 via rest" in done.stdout and LABELS[expected[0][0].class_id] in done.stdout
+
+
+def test_cli_metadata_status_and_errors(server):
+  done = _cli("status", "--server", server.grpc_address, "--model", "vit")
+  assert done.returncode == 0 and "version 2  AVAILABLE" in done.stdout
+  done = _cli("metadata", "--server", server.rest_address, "--rest", "--model", "vit",
+              "--label", "stable")
+  assert done.returncode == 0 and json.loads(done.stdout)["version"] == 1
+  done = _cli("predict", "--server", server.grpc_address, "--model", "nope",
+              str(ROOT / "README.md"))
+  assert done.returncode == 1 and "NOT_FOUND" in done.stderr and "model 'nope'" in done.stderr
+  done = _cli("predict", "--server", server.grpc_address, "--model", "vit", "/no/such/file")
+  assert done.returncode == 2 and "no such file" in done.stderr

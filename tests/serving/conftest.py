@@ -1,0 +1,75 @@
+"""Fixtures for the serving tests: the tiny model repository, one embedded
+server per test module (each start imports TensorFlow, ~3 s), gRPC stubs and
+the REST base URL.
+
+Set TF_SERVING_GRPC=host:port and TF_SERVING_REST=host:port to run the API
+tests against a real tensorflow_model_server serving the repository written
+by `python -m tests.serving.helpers DIR /models` instead (tests that need to
+change the server's files or flags are skipped then).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Iterator
+
+import grpc
+import pytest
+
+from tests.serving import helpers
+
+REMOTE_GRPC = os.environ.get("TF_SERVING_GRPC")
+REMOTE_REST = os.environ.get("TF_SERVING_REST")
+needs_embedded = pytest.mark.skipif(
+    bool(REMOTE_GRPC or REMOTE_REST),
+    reason="changes the server's files or flags: embedded server only")
+
+
+@pytest.fixture(scope="session")
+def repository(tmp_path_factory) -> Path:
+  return helpers.write_repository(tmp_path_factory.mktemp("repo"))
+
+
+@pytest.fixture(scope="module")
+def server(repository: Path) -> Iterator[helpers.ServerProcess | None]:
+  """The embedded server on free ports (None when a real one is given)."""
+  if REMOTE_GRPC or REMOTE_REST:
+    yield None
+    return
+  proc = helpers.ServerProcess([
+      f"--port={helpers.free_port()}", f"--rest_api_port={helpers.free_port()}",
+      f"--model_config_file={repository / 'models.config'}",
+      "--file_system_poll_wait_seconds=0"])
+  yield proc
+  proc.stop()
+
+
+@pytest.fixture(scope="module")
+def grpc_address(server) -> str:
+  return REMOTE_GRPC or server.grpc_address
+
+
+@pytest.fixture(scope="module")
+def rest_url(server) -> str:
+  return f"http://{REMOTE_REST or server.rest_address}"
+
+
+@pytest.fixture(scope="module")
+def channel(grpc_address: str) -> Iterator[grpc.Channel]:
+  options = [("grpc.max_receive_message_length", 64 << 20),
+             ("grpc.max_send_message_length", 64 << 20)]
+  with grpc.insecure_channel(grpc_address, options=options) as ch:
+    yield ch
+
+
+@pytest.fixture(scope="module")
+def stub(channel):
+  from tensorflow_serving.apis import prediction_service_pb2_grpc
+  return prediction_service_pb2_grpc.PredictionServiceStub(channel)
+
+
+@pytest.fixture(scope="module")
+def model_stub(channel):
+  from tensorflow_serving.apis import model_service_pb2_grpc
+  return model_service_pb2_grpc.ModelServiceStub(channel)

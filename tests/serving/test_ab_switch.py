@@ -1,0 +1,227 @@
+"""A/B switching under load: canary, promote, roll back and retire model
+versions on the running embedded server while concurrent gRPC and REST
+clients keep predicting, with zero failed requests.
+
+Each version answers differently (its head bias differs), so every response
+is tagged with the version that computed it: gRPC reports it in
+`model_spec.version`, and both transports are also matched by their logits
+against the versions' known outputs (TF Serving's REST response carries no
+version).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import export
+from clients import ClientError, GrpcClient, RestClient, RoutedClient, Router, label_arms
+from serving.rollout import Rollout, RolloutError, read_config
+from tests.serving.helpers import ServerProcess, free_port
+
+MODEL = "ab"
+DATA = Path(__file__).parents[1] / "data"
+
+
+def write_checkpoint(path: Path, head_shift: float) -> Path:
+  """The reference ViT with its head bias shifted: a distinguishable version."""
+  cfg = export.get_config(json.loads((DATA / "manifest.json").read_text())
+                          ["vit_a_token"]["config"])
+  params = export.load_checkpoint(DATA / "vit_a_token.npz", cfg)
+  params["head"]["bias"] = params["head"]["bias"] + head_shift * np.arange(10)
+  export.save_checkpoint(params, path)
+  return path
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+  root = tmp_path_factory.mktemp("ab")
+  cfg_json = root / "config.json"
+  cfg_json.write_text(json.dumps(json.loads((DATA / "manifest.json").read_text())
+                                 ["vit_a_token"]["config"]))
+  ckpts = {v: write_checkpoint(root / f"v{v}.npz", shift) for v, shift in ((1, 0.0), (2, 0.5))}
+  config_file = root / "models.config"
+  export.export_checkpoint(str(ckpts[1]), MODEL, root / "models", config=str(cfg_json),
+                           model_config_file=config_file)
+  server = ServerProcess([f"--port={free_port()}",
+                          f"--rest_api_port={free_port()}",
+                          f"--model_config_file={config_file}",
+                          "--model_config_file_poll_wait_seconds=1",
+                          "--file_system_poll_wait_seconds=1"], cwd=root)
+  yield root, cfg_json, ckpts, config_file, server
+  server.stop()
+
+
+def expected_logits(root: Path, version: int, images: np.ndarray) -> np.ndarray:
+  import tensorflow as tf
+  model = tf.saved_model.load(str(root / "models" / MODEL / str(version)))
+  return model.signatures["serving_default"](images=tf.constant(images))["logits"].numpy()
+
+
+class Traffic:
+  """Worker threads predicting through label-routed gRPC and REST clients
+  until stopped; each result is recorded with the phase it started and ended
+  in and the version its logits identify."""
+
+  def __init__(self, server: ServerProcess, images: np.ndarray,
+               logits_by_version: dict[int, np.ndarray], threads_per_transport: int = 2):
+    self.images = images
+    self.logits_by_version = logits_by_version
+    self.phase = "start"
+    self.router = Router(label_arms({"stable": 1.0}))
+    self.results: list[tuple[str, str, str, int | None, int]] = []
+    self.failures: list[str] = []
+    self._stop = threading.Event()
+    self._lock = threading.Lock()
+    clients = [GrpcClient(server.grpc_address), RestClient(server.rest_address)]
+    self._threads = [threading.Thread(target=self._run, args=(c, i), daemon=True)
+                     for c in clients for i in range(threads_per_transport)]
+    self._clients = clients
+    for t in self._threads:
+      t.start()
+
+  def route(self, weights: dict[str, float]) -> None:
+    self.phase = "switching"
+    self.router = Router(label_arms(weights))
+    time.sleep(0.5)  # let requests already sent to the old arms finish
+
+  def _run(self, client, worker: int) -> None:
+    n = 0
+    while not self._stop.is_set():
+      n += 1
+      phase = self.phase
+      routed = RoutedClient(client, MODEL, self.router)
+      try:
+        prediction = routed.predict_images(self.images, key=f"{worker}-{n}")
+      except ClientError as e:
+        with self._lock:
+          self.failures.append(f"{client.transport} {phase}: {e}")
+        continue
+      logits = prediction["logits"]
+      matches = [v for v, ref in self.logits_by_version.items()
+                 if np.allclose(logits, ref, atol=1e-4)]
+      assert len(matches) == 1, f"logits match versions {matches}"
+      with self._lock:
+        self.results.append((client.transport, phase, self.phase, prediction.model_version,
+                             matches[0]))
+
+  def stop(self) -> None:
+    self._stop.set()
+    for t in self._threads:
+      t.join(timeout=60)
+    for c in self._clients:
+      c.close()
+
+  def versions(self, phase: str, transport: str | None = None) -> Counter:
+    """Versions that answered requests that started and ended in `phase`."""
+    with self._lock:
+      return Counter(v for tr, start, end, _, v in self.results
+                     if start == end == phase and transport in (None, tr))
+
+  def set_phase(self, phase: str, seconds: float) -> None:
+    """Starts `phase` and lets traffic run in it; requests that start or end
+    outside it (while a step is applied) are not counted for it."""
+    self.phase = phase
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:  # enough traffic in this phase
+      time.sleep(0.1)
+
+
+def test_canary_promote_rollback_retire_under_load(setup):
+  root, cfg_json, ckpts, config_file, server = setup
+  images = np.random.RandomState(0).uniform(-1, 1, (2, 32, 32, 3)).astype(np.float32)
+  rollout = Rollout(server.grpc_address, config_file, MODEL, base_path_root=str(root),
+                    load_timeout_s=120)
+  rollout.canary(1)  # first rollout: version 1 becomes stable, policy pinned
+  assert rollout.labels() == {"stable": 1}
+
+  logits = {1: expected_logits(root, 1, images)}
+  traffic = Traffic(server, images, logits)
+  try:
+    traffic.set_phase("v1 stable", 2)
+    # A new version is exported while traffic flows; the pinned policy keeps
+    # the server from switching to it by itself.
+    traffic.phase = "exporting"
+    export.export_checkpoint(str(ckpts[2]), MODEL, root / "models", config=str(cfg_json),
+                             model_config_file=config_file)
+    logits[2] = expected_logits(root, 2, images)
+    traffic.set_phase("v2 exported", 2)
+
+    traffic.phase = "switching"
+    rollout.canary(2)
+    assert rollout.labels() == {"stable": 1, "canary": 2}
+    traffic.route({"stable": 0.5, "canary": 0.5})
+    traffic.set_phase("canary", 4)
+
+    traffic.route({"stable": 1.0})
+    rollout.promote()
+    assert rollout.labels() == {"stable": 2, "previous": 1}
+    traffic.set_phase("promoted", 2)
+
+    traffic.phase = "switching"
+    rollout.rollback()
+    assert rollout.labels() == {"stable": 1}
+    traffic.set_phase("rolled back", 2)
+
+    traffic.phase = "switching"
+    rollout.canary(2)
+    rollout.promote()
+    rollout.retire(1)
+    assert rollout.available() == [2]
+    traffic.set_phase("retired", 2)
+  finally:
+    traffic.stop()
+    rollout.close()
+
+  assert traffic.failures == [], traffic.failures[:5]
+  assert len(traffic.results) > 50
+  for tr, _, _, reported, matched in traffic.results:
+    if tr == "grpc":
+      assert reported == matched  # the server's version tag agrees with the output
+  for transport in ("grpc", "rest"):
+    assert set(traffic.versions("v1 stable", transport)) == {1}
+    assert set(traffic.versions("exporting", transport)) == {1}
+    assert set(traffic.versions("v2 exported", transport)) == {1}
+    assert set(traffic.versions("promoted", transport)) == {2}
+    assert set(traffic.versions("rolled back", transport)) == {1}
+    assert set(traffic.versions("retired", transport)) == {2}
+  split = traffic.versions("canary")
+  assert set(split) == {1, 2} and 0.25 < split[2] / sum(split.values()) < 0.75, split
+  # The file on disk says what the server runs: a restart serves the same.
+  entry = read_config(config_file).model_config_list.config[0]
+  assert list(entry.model_version_policy.specific.versions) == [2]
+  assert dict(entry.version_labels) == {"stable": 2}
+
+
+def test_broken_version_is_never_labelled_or_served(setup):
+  root, _, _, config_file, server = setup
+  rollout = Rollout(server.grpc_address, config_file, MODEL, base_path_root=str(root),
+                    load_timeout_s=120)
+  before_labels = rollout.labels()
+  stable = before_labels["stable"]
+  broken = max(int(p.name) for p in (root / "models" / MODEL).iterdir() if p.name.isdigit()) + 1
+  shutil.copytree(root / "models" / MODEL / str(stable), root / "models" / MODEL / str(broken))
+  for f in (root / "models" / MODEL / str(broken) / "variables").glob("variables.data*"):
+    f.write_bytes(b"corrupt")
+
+  images = np.zeros((1, 32, 32, 3), np.float32)
+  traffic = Traffic(server, images, {stable: expected_logits(root, stable, images)})
+  try:
+    traffic.set_phase("before", 1)
+    with pytest.raises(RolloutError, match="failed to load"):
+      rollout.canary(broken)
+    traffic.set_phase("after", 2)
+    assert rollout.labels() == before_labels
+    assert broken not in rollout.available()
+  finally:
+    traffic.stop()
+    rollout.close()
+  assert traffic.failures == []
+  assert set(traffic.versions("before")) == set(traffic.versions("after")) == {stable}
