@@ -1,13 +1,15 @@
 """`python -m export`: a thin command line over `export.exporter.export_checkpoint`.
 
-  python -m export --checkpoint SRC --name NAME --repo DIR [--version N]
+  python -m export --checkpoint SRC --name NAME --repo DIR|URL [--version N]
                    [--config CONFIG.json | --model MODEL] [--image-size S]
                    [--kind classifier|features] [--labels FILE]
                    [--model-config FILE]
 
-Progress (each step with its duration) goes to stderr; the published version
-directory is printed on stdout. Exit status 0 on success, 1 when the export
-failed (nothing was published), 2 for bad arguments.
+`--repo` may be an object-storage URL (gs://bucket/models, s3://bucket/models):
+see export/remote.py. Progress (each step with its duration) goes to stderr;
+the published version directory (or its URL) is printed on stdout. Exit
+status 0 on success, 1 when the export failed (nothing was published), 2 for
+bad arguments.
 """
 
 from __future__ import annotations
@@ -27,7 +29,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
   p.add_argument("--checkpoint", required=True, metavar="SRC",
                  help="local .npz, http(s):// or gs:// URL, or a checkpoint name")
   p.add_argument("--name", required=True, help="model name in the repository")
-  p.add_argument("--repo", required=True, metavar="DIR", help="model repository, e.g. models")
+  p.add_argument("--repo", required=True, metavar="DIR|URL",
+                 help="model repository, e.g. models, gs://bucket/models or "
+                      "s3://bucket/models")
   p.add_argument("--version", type=int, metavar="N",
                  help="version number (default: the next free one; never overwrites)")
   which = p.add_mutually_exclusive_group()
@@ -41,7 +45,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
   p.add_argument("--labels", metavar="FILE", help="class names, one per line")
   p.add_argument("--model-config", metavar="FILE",
                  help="models.config to add the model to (default: models.config in "
-                      "the parent directory of --repo)")
+                      "the parent directory of --repo; in the current directory for a "
+                      "URL)")
   args = p.parse_args(argv)
   if args.image_size is not None and args.image_size < 1:
     p.error("--image-size must be positive")

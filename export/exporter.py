@@ -10,6 +10,12 @@
   model on the same images, and only then publish the version atomically and
   add the model to `models.config` (`export.repository`).
 
+A `repo` given as a URL (`gs://bucket/models`, `s3://...`) is an object-storage
+repository: the version is exported and verified in a local staging
+repository as above, then published by `export.remote` (staging prefix,
+server-side copies, `saved_model.pb` last), and models.config gets the full
+URL as base_path.
+
 A verification difference above `TOLERANCE * max(1, max |JAX output|)` stops
 the export before anything is published. Steps are logged with their
 durations to the "export" logger (the CLI prints them on stderr).
@@ -25,6 +31,7 @@ import logging
 import os
 import platform
 import shutil
+import tempfile
 import time
 from pathlib import Path
 from typing import Any, Iterator, Sequence
@@ -33,7 +40,7 @@ import jax
 import numpy as np
 import tensorflow as tf
 
-from export import download, labels as labels_lib, repository, signatures, warmup, zoo
+from export import download, labels as labels_lib, remote, repository, signatures, warmup, zoo
 from export.checkpoint import flatten, load_checkpoint, native_image_size
 from export.configs import get_config
 from export.models import build_model
@@ -44,7 +51,8 @@ TOLERANCE = 1e-4
 """Max |SavedModel - JAX| allowed, relative to max(1, max |JAX output|)."""
 
 DEFAULT_MODEL_CONFIG = "models.config next to the repository"
-"""`model_config_file` default: `models.config` in the parent of `repo`."""
+"""`model_config_file` default: `models.config` in the parent of `repo`, or
+in the current directory for an object-storage `repo`."""
 
 KINDS = ("classifier", "features")
 _LIBRARIES = ("jax", "jaxlib", "flax", "tensorflow", "tensorflow-serving-api", "numpy")
@@ -148,13 +156,15 @@ def export_checkpoint(checkpoint: str, name: str, repo: str | os.PathLike, *,
                       labels: Sequence[str] | str | os.PathLike | None = None,
                       version: int | None = None,
                       model_config_file: str | os.PathLike | None = DEFAULT_MODEL_CONFIG,
-                      warmup_batch_sizes: Sequence[int] = (1, 2, 4, 8)) -> Path:
-  """Exports a checkpoint as `<repo>/<name>/<version>/`; returns that directory.
+                      warmup_batch_sizes: Sequence[int] = (1, 2, 4, 8)) -> Path | str:
+  """Exports a checkpoint as `<repo>/<name>/<version>/`; returns that directory
+  (its URL for an object-storage `repo`).
 
   Args:
     checkpoint: a local .npz, an http(s):// or gs:// URL, or a zoo name.
     name: the model name (directory and models.config entry).
-    repo: the model repository directory (created if missing).
+    repo: the model repository directory (created if missing), or the URL of
+      an object-storage repository (`gs://bucket/models`, `s3://...`).
     config: a config dict, JSON path or registered name; default: the one the
       checkpoint name implies (`zoo.resolve`).
     image_size: serving resolution; default: implied by the name, else the
@@ -164,7 +174,8 @@ def export_checkpoint(checkpoint: str, name: str, repo: str | os.PathLike, *,
       default `labels.default_labels`.
     version: the version number; default the next free one. Never overwrites.
     model_config_file: the models.config to add the model to; default
-      `models.config` in the parent of `repo`; None leaves every config alone.
+      `models.config` in the parent of `repo` (in the current directory for a
+      URL); None leaves every config alone.
     warmup_batch_sizes: serving_default batch sizes in the warmup file.
 
   Raises:
@@ -182,6 +193,11 @@ def export_checkpoint(checkpoint: str, name: str, repo: str | os.PathLike, *,
   batch_sizes = sorted({int(b) for b in warmup_batch_sizes})
   if any(b < 1 for b in batch_sizes):
     raise ExportError(f"warmup batch sizes must be positive: {warmup_batch_sizes}")
+  if remote.is_remote(repo):
+    return _export_remote(checkpoint, name, repo, version=version,
+                          model_config_file=model_config_file, config=config,
+                          image_size=image_size, kind=kind, labels=labels,
+                          warmup_batch_sizes=warmup_batch_sizes)
   if model_config_file == DEFAULT_MODEL_CONFIG:
     model_config_file = repository.default_model_config(repo)
   if model_config_file is not None:
@@ -289,6 +305,31 @@ def export_checkpoint(checkpoint: str, name: str, repo: str | os.PathLike, *,
     if repository.ensure_model_entry(model_config_file, name, base_path):
       log.info("added %s to %s (base_path %s)", name, model_config_file, base_path)
   log.info("exported %s in %.1fs", target, time.perf_counter() - started)
+  return target
+
+
+def _export_remote(checkpoint: str, name: str, url: str, *, version: int | None,
+                   model_config_file: str | os.PathLike | None, **options: Any) -> str:
+  """`export_checkpoint` into an object-storage repository: the version number
+  comes from the remote listing, the export is made and verified in a local
+  staging repository, then uploaded (`remote.RemoteRepository.publish`)."""
+  store = remote.RemoteRepository(url)
+  if model_config_file == DEFAULT_MODEL_CONFIG:
+    model_config_file = Path("models.config")
+  if model_config_file is not None:
+    repository.read_model_config(model_config_file)  # fail before the slow part
+  version = version if version is not None else store.next_version(name)
+  store.check_free(name, version)
+  with tempfile.TemporaryDirectory(prefix="export-staging-") as staging:
+    local = export_checkpoint(checkpoint, name, staging, version=version,
+                              model_config_file=None, **options)
+    with _step(f"upload version {version} to {store.model_url(name)}"):
+      target = store.publish(local, name, version)
+  if model_config_file is not None:
+    if repository.ensure_model_entry(model_config_file, name, store.model_url(name)):
+      log.info("added %s to %s (base_path %s)", name, model_config_file,
+               store.model_url(name))
+  log.info("published %s", target)
   return target
 
 
