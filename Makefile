@@ -3,6 +3,8 @@ PY      ?= .venv/bin/python
 MODEL   ?= default
 SERVER  ?= embedded
 HOST    ?= 127.0.0.1
+GRPC_PORT ?= 8500
+REST_PORT ?= 8501
 
 .PHONY: setup test export serve bench
 
@@ -10,7 +12,6 @@ setup: .venv/.installed
 
 .venv/.installed: requirements.lock
 	python3.11 -m venv .venv
-	.venv/bin/pip install --quiet --upgrade pip
 	.venv/bin/pip install --quiet -r requirements.lock
 	touch $@
 
@@ -22,9 +23,9 @@ export: setup
 
 serve: setup
 ifeq ($(SERVER),tfserving)
-	docker compose -f serving/docker-compose.yml up
+	BIND_HOST=$(HOST) docker compose -f serving/docker-compose.yml up
 else
-	$(PY) -m serving --port=8500 --rest_api_port=8501 --bind=$(HOST) \
+	$(PY) -m serving --port=$(GRPC_PORT) --rest_api_port=$(REST_PORT) --bind=$(HOST) \
 	    --model_config_file=models.config --model_config_file_poll_wait_seconds=5
 endif
 
