@@ -4,6 +4,7 @@
                                  [--model default|B/16|<augreg name>|...]
                                  [--cache-dir DIR] [--name NAME]
   python -m export.default_model --write-images DIR [--count N]
+  python -m export.default_model --write-class-folders DIR [--count N]
 
 With `--model default` (the default) two versions of a small ViT are trained
 on scikit-learn's digits (`export.digits`; no download, so `make export` works
@@ -193,7 +194,7 @@ def model_name_for(checkpoint: str) -> str:
 
 def export_default(repo: str | os.PathLike, *, model_config_file: str | os.PathLike | None,
                    name: str = MODEL_NAME, cache_dir: str | os.PathLike | None = None,
-                   log: Log = print) -> list[Path | str]:
+                   kind: str = "classifier", log: Log = print) -> list[Path | str]:
   """Trains (or reuses) both runs and publishes the ones not yet published.
   Returns the version directories, new or already present, in run order."""
   from export.exporter import export_checkpoint
@@ -210,7 +211,8 @@ def export_default(repo: str | os.PathLike, *, model_config_file: str | os.PathL
     started = time.perf_counter()
     path = export_checkpoint(os.fspath(cached.checkpoint), name, repo,
                              config=os.fspath(cached.config), image_size=digits.IMAGE_SIZE,
-                             kind="classifier", labels=digits.LABELS,
+                             kind=kind,
+                             labels=digits.LABELS if kind == "classifier" else None,
                              model_config_file=model_config_file)
     log(f"{run}: exported {path} in {time.perf_counter() - started:.1f}s")
     paths.append(path)
@@ -219,19 +221,20 @@ def export_default(repo: str | os.PathLike, *, model_config_file: str | os.PathL
 
 def export_named(checkpoint: str, repo: str | os.PathLike, *,
                  model_config_file: str | os.PathLike | None, name: str | None = None,
-                 log: Log = print) -> Path | str:
+                 kind: str = "classifier", log: Log = print) -> Path | str:
   """Exports a real checkpoint by name, unless its file is already published."""
   from export import download, zoo
   from export.exporter import export_checkpoint
 
-  name = name or model_name_for(checkpoint)
+  name = name or model_name_for(checkpoint) + ("_features" if kind == "features" else "")
   sha = sha256(download.fetch(zoo.resolve(checkpoint).source))
   present = [v for v, s in published_checkpoints(repo, name).items() if s == sha]
   if present:
     log(f"{checkpoint}: already published as {name} version {present[0]}; skipped")
     return _location(repo, name, present[0])
   started = time.perf_counter()
-  path = export_checkpoint(checkpoint, name, repo, model_config_file=model_config_file)
+  path = export_checkpoint(checkpoint, name, repo, kind=kind,
+                           model_config_file=model_config_file)
   log(f"{checkpoint}: exported {path} in {time.perf_counter() - started:.1f}s")
   return path
 
@@ -267,6 +270,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                  help="'default' (the digits ViT), or a checkpoint name such as B/16")
   p.add_argument("--name", help=f"model name in the repository (default {MODEL_NAME!r}, "
                                 "or derived from --model)")
+  p.add_argument("--kind", choices=("classifier", "features"), default="classifier",
+                 help="export classifiers (default) or feature extractors (named "
+                      "<name>_features), e.g. to fine-tune with python -m export.finetune")
   p.add_argument("--model-config", metavar="FILE",
                  help="models.config to add the model to (default: models.config in "
                       "the parent directory of --repo)")
@@ -274,10 +280,14 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                  help=f"training cache (default ${CACHE_ENV} or .cache/default_model)")
   p.add_argument("--write-images", metavar="DIR",
                  help="write held-out digit PNGs into DIR instead of exporting")
-  p.add_argument("--count", type=int, default=10, help="images for --write-images")
+  p.add_argument("--write-class-folders", metavar="DIR",
+                 help="write training digits as DIR/<label>/*.png (an image folder for "
+                      "python -m export.finetune) instead of exporting")
+  p.add_argument("--count", type=int, default=10,
+                 help="images for --write-images; per class for --write-class-folders")
   args = p.parse_args(argv)
-  if args.write_images is None and args.repo is None:
-    p.error("--repo is required (or --write-images DIR)")
+  if args.write_images is None and args.write_class_folders is None and args.repo is None:
+    p.error("--repo is required (or --write-images / --write-class-folders DIR)")
   if args.count < 1:
     p.error("--count must be positive")
   return args
@@ -288,6 +298,13 @@ def main(argv: list[str]) -> int:
   if args.write_images is not None:
     for path in write_images(args.write_images, args.count):
       print(path)
+    return 0
+  if args.write_class_folders is not None:
+    train_split, _ = digits.load()
+    counts = digits.write_image_folder(train_split, args.write_class_folders,
+                                       per_class=args.count)
+    print(f"{sum(counts.values())} images in {len(counts)} class folders under "
+          f"{args.write_class_folders}")
     return 0
 
   from export import CheckpointError, exporter, repository
@@ -301,12 +318,13 @@ def main(argv: list[str]) -> int:
   try:
     with _export_log_on_stderr():
       if args.model == "default":
+        suffix = "_features" if args.kind == "features" else ""
         paths = export_default(args.repo, model_config_file=config,
-                               name=args.name or MODEL_NAME, cache_dir=args.cache_dir,
-                               log=log)
+                               name=args.name or MODEL_NAME + suffix,
+                               cache_dir=args.cache_dir, kind=args.kind, log=log)
       else:
         paths = [export_named(args.model, args.repo, model_config_file=config,
-                              name=args.name, log=log)]
+                              name=args.name, kind=args.kind, log=log)]
   except (CheckpointError, DownloadError, exporter.ExportError, repository.PublishError,
           OSError, KeyError, ValueError) as e:
     log(f"error: {e}")

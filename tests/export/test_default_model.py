@@ -177,6 +177,20 @@ def test_write_images_writes_held_out_pngs(tmp_path, data, capsys):
     assert test.labels[where[0]] == int(label)
 
 
+def test_write_class_folders_writes_training_digits_by_label(tmp_path, data):
+  assert default_model.main(["--write-class-folders", str(tmp_path), "--count", "3"]) == 0
+  train = data[0]
+  assert sorted(p.name for p in tmp_path.iterdir()) == [str(d) for d in range(10)]
+  for folder in tmp_path.iterdir():
+    files = sorted(folder.glob("*.png"))
+    assert len(files) == 3
+    for f in files:
+      where = np.flatnonzero(train.indices == int(f.stem))
+      assert len(where) == 1, "not a training image"
+      assert train.labels[where[0]] == int(folder.name)
+      np.testing.assert_array_equal(np.asarray(Image.open(f)), train.images[where[0]])
+
+
 @pytest.mark.parametrize("remote", [False, True])
 def test_published_checkpoints_reads_local_and_object_storage_manifests(remote, tmp_path):
   import fsspec
