@@ -23,10 +23,12 @@ export: setup
 
 serve: setup
 ifeq ($(SERVER),tfserving)
+	# compose publishes 8500/8501 (GRPC_PORT/REST_PORT apply to the embedded server)
 	BIND_HOST=$(HOST) docker compose -f serving/docker-compose.yml up
 else
 	$(PY) -m serving --port=$(GRPC_PORT) --rest_api_port=$(REST_PORT) --bind=$(HOST) \
-	    --model_config_file=models.config --model_config_file_poll_wait_seconds=5
+	    --model_config_file=models.config --model_config_file_poll_wait_seconds=5 \
+	    --monitoring_config_file=serving/config/monitoring.config
 endif
 
 bench: setup

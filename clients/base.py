@@ -19,11 +19,10 @@ from clients.results import ModelMetadata, Prediction, VersionStatus
 from clients.retry import RetryPolicy
 from clients.tensors import as_array
 
-# The SavedModel contract (DESIGN.md): signature -> its one input.
+# The SavedModel contract's signatures (DESIGN.md).
 IMAGES = "serving_default"
 PIXELS = "predict_uint8"
 ENCODED = "predict_bytes"
-SIGNATURE_INPUT = {IMAGES: "images", PIXELS: "images", ENCODED: "image_bytes"}
 
 
 @dataclasses.dataclass(frozen=True)

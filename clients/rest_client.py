@@ -57,14 +57,18 @@ class RestClient(Client):
       raise ValueError(f"REST target must be host:port, got {target!r}")
     self._host, self._port = host.strip("[]"), int(port)
     self.resolve_versions = resolve_versions
-    self._local = threading.local()
+    self._local = threading.local()       # one keep-alive connection per thread
+    self._connections: list[http.client.HTTPConnection] = []
+    self._connections_lock = threading.Lock()
     self._signatures: dict[tuple[str, str], Signature] = {}
 
   def close(self) -> None:
-    connection = getattr(self._local, "connection", None)
-    if connection is not None:
+    """Closes the connections of every thread that used this client."""
+    with self._connections_lock:
+      connections, self._connections = self._connections, []
+    for connection in connections:
       connection.close()
-      self._local.connection = None
+    self._local = threading.local()
 
   def _predict(self, model: ModelRef, signature: str,
                inputs: dict[str, np.ndarray]) -> Prediction:
@@ -165,6 +169,8 @@ class RestClient(Client):
     if connection is None:
       connection = http.client.HTTPConnection(self._host, self._port, timeout=self.timeout)
       self._local.connection = connection
+      with self._connections_lock:
+        self._connections.append(connection)
     return connection
 
 

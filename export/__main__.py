@@ -5,8 +5,8 @@
                    [--kind classifier|features] [--labels FILE]
                    [--model-config FILE]
 
-`--repo` may be an object-storage URL (gs://bucket/models, s3://bucket/models):
-see export/remote.py. Progress (each step with its duration) goes to stderr;
+`--repo` may be an object-storage URL (s3://bucket/models; gs:// needs gcsfs,
+which is not pinned): see export/remote.py. Progress (each step with its duration) goes to stderr;
 the published version directory (or its URL) is printed on stdout. Exit
 status 0 on success, 1 when the export failed (nothing was published), 2 for
 bad arguments.
@@ -15,9 +15,10 @@ bad arguments.
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import sys
+
+from export import steplog
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -57,27 +58,21 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 def main(argv: list[str]) -> int:
   args = parse_args(argv)
-  handler = logging.StreamHandler(sys.stderr)
-  handler.setFormatter(logging.Formatter("export: %(message)s"))
-  log = logging.getLogger("export")
-  log.addHandler(handler)
-  log.setLevel(logging.INFO)
-  log.propagate = False
-
   from export import exporter  # heavy: TF + JAX
   try:
-    path = exporter.export_checkpoint(
-        args.checkpoint, args.name, args.repo, config=args.config or args.model,
-        image_size=args.image_size, kind=args.kind, labels=args.labels,
-        version=args.version,
-        model_config_file=args.model_config or exporter.DEFAULT_MODEL_CONFIG)
+    with steplog.on_stderr():
+      path = exporter.export_checkpoint(
+          args.checkpoint, args.name, args.repo, config=args.config or args.model,
+          image_size=args.image_size, kind=args.kind, labels=args.labels,
+          version=args.version,
+          model_config_file=args.model_config or exporter.DEFAULT_MODEL_CONFIG)
   except (RuntimeError, ValueError, KeyError, OSError) as e:
     # ExportError, PublishError, DownloadError (RuntimeError); CheckpointError
     # (ValueError); unknown model names (KeyError); file errors (OSError).
-    log.error("error: %s", e)
+    print(f"export: error: {e}", file=sys.stderr)
     return 1
   except KeyboardInterrupt:
-    log.error("interrupted; nothing was published")
+    print("export: interrupted; nothing was published", file=sys.stderr)
     return 130
   print(path)
   return 0

@@ -31,12 +31,10 @@ from it (`B/16` -> `vit_b_16`), likewise skipped when already published.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
 import hashlib
 import importlib.metadata
 import json
-import logging
 import os
 import posixpath
 import re
@@ -45,11 +43,11 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from export import digits  # noqa: E402  (after the TF log level)
+from export import digits, steplog  # noqa: E402  (after the TF log level)
 from export.checkpoint import save_checkpoint  # noqa: E402
 from export.download import sha256  # noqa: E402
 
@@ -245,21 +243,6 @@ def write_images(directory: str | os.PathLike, count: int) -> list[Path]:
   return digits.write_images(test_split, directory, count)
 
 
-@contextlib.contextmanager
-def _export_log_on_stderr() -> Iterator[None]:
-  """Shows the exporter's step log ("export: ...") on stderr while inside."""
-  handler = logging.StreamHandler(sys.stderr)
-  handler.setFormatter(logging.Formatter("export: %(message)s"))
-  logger = logging.getLogger("export")
-  logger.addHandler(handler)
-  logger.setLevel(logging.INFO)
-  logger.propagate = False
-  try:
-    yield
-  finally:
-    logger.removeHandler(handler)
-
-
 def parse_args(argv: list[str]) -> argparse.Namespace:
   p = argparse.ArgumentParser(
       prog="python -m export.default_model",
@@ -316,7 +299,7 @@ def main(argv: list[str]) -> int:
   config = args.model_config or exporter.DEFAULT_MODEL_CONFIG
   started = time.perf_counter()
   try:
-    with _export_log_on_stderr():
+    with steplog.on_stderr():
       if args.model == "default":
         suffix = "_features" if args.kind == "features" else ""
         paths = export_default(args.repo, model_config_file=config,

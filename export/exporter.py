@@ -24,7 +24,6 @@ durations to the "export" logger (the CLI prints them on stderr).
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import importlib.metadata
 import json
 import logging
@@ -68,14 +67,6 @@ def _step(name: str) -> Iterator[None]:
   started = time.perf_counter()
   yield
   log.info("%s done in %.1fs", name, time.perf_counter() - started)
-
-
-def sha256(path: str | os.PathLike) -> str:
-  digest = hashlib.sha256()
-  with open(path, "rb") as f:
-    for chunk in iter(lambda: f.read(1 << 20), b""):
-      digest.update(chunk)
-  return digest.hexdigest()
 
 
 def read_labels(labels: Sequence[str] | str | os.PathLike, num_classes: int) -> list[str]:
@@ -216,7 +207,7 @@ def export_checkpoint(checkpoint: str, name: str, repo: str | os.PathLike, *,
   with _step(f"fetch {resolved.source}"):
     local = download.fetch(resolved.source)
   with _step("sha256"):
-    digest = sha256(local)
+    digest = download.sha256(local)
   with _step("load checkpoint"):
     params = load_checkpoint(os.fspath(local), cfg, image_size, features_only=features_only)
   if image_size is None:

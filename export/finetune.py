@@ -34,23 +34,21 @@ SavedModel's `predict_bytes` signature (the served path).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
 import json
-import logging
 import os
 import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from export import CheckpointError, exporter, repository  # noqa: E402
+from export import CheckpointError, download, exporter, repository, steplog  # noqa: E402
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".gif", ".bmp")
 _PROJECT = Path(__file__).resolve().parent.parent
@@ -240,7 +238,7 @@ def save_fine_tuned(backbone: Any, kernel: tf.Variable, bias: tf.Variable,
   fd, tmp = tempfile.mkstemp(prefix=f".{name}-", suffix=".npz", dir=directory)
   os.close(fd)
   save_checkpoint(unflatten(flat), tmp)
-  target = directory / f"{name}-{exporter.sha256(tmp)[:16]}.npz"
+  target = directory / f"{name}-{download.sha256(tmp)[:16]}.npz"
   os.replace(tmp, target)
   return target
 
@@ -309,21 +307,6 @@ def fine_tune(features_model: str | os.PathLike, images: str | os.PathLike,
   return result
 
 
-@contextlib.contextmanager
-def _export_log_on_stderr() -> Iterator[None]:
-  """Shows the exporter's step log ("export: ...") on stderr while inside."""
-  handler = logging.StreamHandler(sys.stderr)
-  handler.setFormatter(logging.Formatter("export: %(message)s"))
-  logger = logging.getLogger("export")
-  logger.addHandler(handler)
-  logger.setLevel(logging.INFO)
-  logger.propagate = False
-  try:
-    yield
-  finally:
-    logger.removeHandler(handler)
-
-
 def parse_args(argv: list[str]) -> argparse.Namespace:
   p = argparse.ArgumentParser(
       prog="python -m export.finetune",
@@ -365,7 +348,7 @@ def main(argv: list[str]) -> int:
                   train_backbone=args.train_backbone,
                   validation_fraction=args.validation_fraction, seed=args.seed)
   try:
-    with _export_log_on_stderr():
+    with steplog.on_stderr():
       result = fine_tune(args.features_model, args.images, args.repo, args.name, recipe,
                          model_config_file=args.model_config or exporter.DEFAULT_MODEL_CONFIG,
                          checkpoint_dir=args.checkpoint_dir, log=log)

@@ -51,7 +51,6 @@ gcsfs: Application Default Credentials, STORAGE_EMULATOR_HOST).
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
 import logging
 import os

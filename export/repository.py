@@ -21,11 +21,12 @@ A newly exported model gets an entry
   config { name: "<name>" base_path: "<repo>/<name>" model_platform: "tensorflow" }
 
 whose base_path is relative to the config file's directory when the
-repository lies below it (else absolute). TF Serving resolves a relative
-base_path against the server's working directory, so a config file is meant
-to be used from its own directory: the embedded server runs from the project
-root next to `models.config`, and docker compose mounts ./models at /models
-with working_dir "/", so "models/<name>" resolves in both. Existing entries
+repository lies below it (else absolute), so the project can move: the
+embedded server resolves a relative base_path against its working directory
+(it runs from the project root, next to `models.config`), and the compose and
+Kubernetes deployments, where tensorflow_model_server refuses relative paths,
+serve a copy with them made absolute (serving/config/tfserving-entrypoint.sh).
+Existing entries
 (policies, labels, ...) are left as they are; the file is rewritten (through a
 temporary file and os.replace) only when an entry is added. Only one process
 should update a given models.config at a time.

@@ -87,11 +87,11 @@ def convert(apply_fn: Callable[[Any, jax.Array], jax.Array], image_size: int
       with_gradient=True)
 
 
-def to_variables(params: Any, trainable: bool = True) -> Any:
+def to_variables(params: Any) -> Any:
   """The params tree with every array as a tf.Variable named by its path."""
   def make(path: tuple[Any, ...], value: Any) -> tf.Variable:
     name = "/".join(str(getattr(p, "key", p)) for p in path)
-    return tf.Variable(np.asarray(value, np.float32), trainable=trainable, name=name)
+    return tf.Variable(np.asarray(value, np.float32), trainable=True, name=name)
   return jax.tree_util.tree_map_with_path(make, params)
 
 

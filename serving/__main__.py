@@ -85,16 +85,18 @@ def _serve(values: dict, log: logging.Logger) -> int:
   config_poll = values["model_config_file_poll_wait_seconds"] if config_file else 0
   last_text = [_read(config_file)]
 
-  def changed_config():
+  def reload_if_changed() -> None:
+    """Applies an edited config file. The text counts as seen only once it
+    applied, so an edit that fails (say, a label on a version that is not
+    loaded yet) is tried again at the next poll, as TF Serving does."""
     text = _read(config_file)
     if text == last_text[0]:
-      return None
-    new = config.read_model_server_config(config_file)
-    last_text[0] = text
+      return
     log.info("Reloading model config from %s", config_file)
-    return new
+    manager.apply_config(config.read_model_server_config(config_file))
+    last_text[0] = text
 
-  manager.start_polling(fs_poll, changed_config, config_poll)
+  manager.start_polling(fs_poll, reload_if_changed, config_poll)
 
   batcher = Batcher(batching, metrics) if batching else None
   core = Core(manager, metrics, batcher)
@@ -103,7 +105,9 @@ def _serve(values: dict, log: logging.Logger) -> int:
   if values["port"] or values["grpc_socket_path"]:
     grpc_server, port = grpc_service.start(
         core, bind=bind, port=values["port"], socket_path=values["grpc_socket_path"],
-        channel_arguments=values["grpc_channel_arguments"], max_threads=values["grpc_max_threads"])
+        channel_arguments=values["grpc_channel_arguments"],
+        max_threads=values["grpc_max_threads"] or grpc_service.default_max_threads(batching),
+        health_service=values["enable_grpc_healthcheck_service"])
     if port:
       log.info("Running gRPC ModelServer at %s:%d ...", bind, port)
     if values["grpc_socket_path"]:

@@ -20,6 +20,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from tensorflow_serving.apis import model_service_pb2_grpc, prediction_service_pb2_grpc
 
+from serving.config import BatchingOptions
 from serving.core import Core
 from serving.errors import ServingError
 from serving.flags import INT_MAX
@@ -96,22 +97,39 @@ def parse_channel_arguments(text: str) -> list[tuple[str, int | str]]:
   return out
 
 
+def default_max_threads(batching: BatchingOptions | None) -> int:
+  """Handler threads when --grpc_max_threads is 0: 4 x cores (at least 8).
+
+  A handler thread stays with its request while the request waits in the
+  batcher, so with --enable_batching the threads also bound the batch size:
+  8 threads would cap every batch at 8 and make each wait out the timeout.
+  Enough for full batches on every batch thread plus one forming; waiting
+  threads cost no CPU, and past them requests queue inside gRPC.
+  """
+  threads = max(8, 4 * len(os.sched_getaffinity(0)))
+  if batching is not None:
+    threads = max(threads, min(1024, batching.max_batch_size * (batching.num_batch_threads + 1)))
+  return threads
+
+
 def start(core: Core, *, bind: str, port: int, socket_path: str, channel_arguments: str,
-          max_threads: int) -> tuple[grpc.Server, int | None]:
+          max_threads: int, health_service: bool = True) -> tuple[grpc.Server, int | None]:
   """A started server and its bound TCP port (None when `port` is 0)."""
   options = {"grpc.max_receive_message_length": INT_MAX,
              "grpc.max_send_message_length": INT_MAX}
   options.update(parse_channel_arguments(channel_arguments))
-  threads = max_threads or max(8, 4 * len(os.sched_getaffinity(0)))
+  threads = max_threads or default_max_threads(None)
   server = grpc.server(concurrent.futures.ThreadPoolExecutor(threads, "grpc"),
                        options=list(options.items()))
   prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(
       PredictionService(core), server)
   model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelService(core), server)
-  checker = health.HealthServicer()
-  for service in ("", "tensorflow.serving.PredictionService", "tensorflow.serving.ModelService"):
-    checker.set(service, health_pb2.HealthCheckResponse.SERVING)
-  health_pb2_grpc.add_HealthServicer_to_server(checker, server)
+  if health_service:
+    checker = health.HealthServicer()
+    for service in ("", "tensorflow.serving.PredictionService",
+                    "tensorflow.serving.ModelService"):
+      checker.set(service, health_pb2.HealthCheckResponse.SERVING)
+    health_pb2_grpc.add_HealthServicer_to_server(checker, server)
   bound = None
   if port:
     host = f"[{bind}]" if ":" in bind else bind

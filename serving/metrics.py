@@ -154,22 +154,6 @@ class Metrics:
     self.processed_batch_size.observe(padded, model, signature)
     self.padding_size.observe(padded - inputs, model, padded, signature)
 
-  def requests_by_version(self, model: str) -> dict[str, dict[str, float]]:
-    """{version: {"requests", "errors", "mean_latency_us"}} for one model,
-    summed over signatures and entry points: what an A/B comparison reads."""
-    out: dict[str, dict[str, float]] = {}
-    for (name, version, _, _, _, status), n in self.version_request_count.values().items():
-      if name == model:
-        cell = out.setdefault(version, {"requests": 0, "errors": 0, "latency_sum_us": 0.0})
-        cell["requests"] += n
-        cell["errors"] += 0 if status == "OK" else n
-    for (name, version, _, _, _), s in self.version_request_latency.summary().items():
-      if name == model and version in out:
-        out[version]["latency_sum_us"] += s["sum"]
-    for cell in out.values():
-      cell["mean_latency_us"] = cell.pop("latency_sum_us") / cell["requests"]
-    return out
-
   def prometheus_text(self) -> str:
     lines: list[str] = []
     for family in self._all:

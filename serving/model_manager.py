@@ -101,7 +101,7 @@ class ModelManager:
     updates = {}
     for name, cfg in wanted.items():
       model = self._models[name]
-      for label, version in cfg.version_labels.items():
+      for version in cfg.version_labels.values():
         vs = model.versions.get(version)
         if not self.options.allow_labels_for_unavailable and (vs is None or vs.state != AVAILABLE):
           raise failed_precondition(
@@ -122,19 +122,15 @@ class ModelManager:
       for model in models:
         self._poll_model(model)
 
-  def start_polling(self, interval_s: float,
-                    config_reader: Callable[[], model_server_config_pb2.ModelServerConfig | None]
-                    | None = None, config_interval_s: float = 0) -> None:
-    """Background threads: repository polls every `interval_s` (if > 0) and
-    config re-reads every `config_interval_s` (if > 0 and a reader is given)."""
+  def start_polling(self, interval_s: float, config_step: Callable[[], None] | None = None,
+                    config_interval_s: float = 0) -> None:
+    """Background threads: repository polls every `interval_s` (if > 0), and
+    `config_step` (re-read and apply the config file) every
+    `config_interval_s` (if > 0)."""
     if interval_s > 0:
       self._spawn("fs-poll", interval_s, self.poll)
-    if config_reader is not None and config_interval_s > 0:
-      def reload() -> None:
-        config = config_reader()
-        if config is not None:
-          self.apply_config(config)
-      self._spawn("config-poll", config_interval_s, reload)
+    if config_step is not None and config_interval_s > 0:
+      self._spawn("config-poll", config_interval_s, config_step)
 
   def _spawn(self, name: str, interval_s: float, step: Callable[[], None]) -> None:
     def loop() -> None:
@@ -248,9 +244,7 @@ class ModelManager:
     with self._lock:
       model = self._models.get(name)
       if label:
-        if model is None or label not in model.labels:
-          raise invalid_argument(f"Unrecognized servable version label: {label}")
-        version = model.labels[label]
+        version = _label_version(model, label)
       if version is not None:
         vs = model.versions.get(version) if model else None
         if vs is not None and vs.state == AVAILABLE and vs.servable is not None:
@@ -269,9 +263,7 @@ class ModelManager:
     with self._lock:
       model = self._models.get(name)
       if label:
-        if model is None or label not in model.labels:
-          raise invalid_argument(f"Unrecognized servable version label: {label}")
-        version = model.labels[label]
+        version = _label_version(model, label)
       if model is None or not model.versions:
         raise not_found(f"Could not find any versions of model {name}")
       if version is not None:
@@ -281,14 +273,11 @@ class ModelManager:
       return [dataclasses.replace(model.versions[v])
               for v in sorted(model.versions, reverse=True)]
 
-  def model_names(self) -> list[str]:
-    with self._lock:
-      return sorted(self._models)
 
-  def labels(self, name: str) -> dict[str, int]:
-    with self._lock:
-      model = self._models.get(name)
-      return dict(model.labels) if model else {}
+def _label_version(model: Model | None, label: str) -> int:
+  if model is None or label not in model.labels:
+    raise invalid_argument(f"Unrecognized servable version label: {label}")
+  return model.labels[label]
 
 
 __all__ = ["AVAILABLE", "END", "LOADING", "LoadOptions", "ModelManager", "START",

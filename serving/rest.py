@@ -17,6 +17,7 @@ import logging
 import re
 import threading
 import time
+import urllib.parse
 from typing import Any
 
 from google.protobuf import json_format
@@ -93,11 +94,11 @@ class RestServer:
         raise invalid_argument(f"Malformed request: {method} {path}")
       raise ServingError(Code.NOT_FOUND,
                          f"Not found: {method} {path} (the API is under /v1/models/)")
-    spec = model_pb2.ModelSpec(name=m["name"])
+    spec = model_pb2.ModelSpec(name=urllib.parse.unquote(m["name"]))
     if m["version"] is not None:
       spec.version.value = int(m["version"])
     if m["label"] is not None:
-      spec.version_label = m["label"]
+      spec.version_label = urllib.parse.unquote(m["label"])
     verb = m["verb"]
     if verb is None:
       return _status_json(self.core.status(get_model_status_pb2.GetModelStatusRequest(

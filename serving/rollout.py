@@ -120,10 +120,10 @@ class Rollout:
     config = read_config(self.config_path)
     served = set(self._policy_versions(config)) | {version}
     self._set_versions(config, served)
-    self._apply(config)
     try:
+      self._apply(config)
       self._wait(version, "AVAILABLE")
-    except RolloutError:
+    except (RolloutError, grpc.RpcError):
       config = read_config(self.config_path)
       self._set_versions(config, served - {version})
       self._apply(config)
@@ -218,7 +218,9 @@ class Rollout:
       if "://" not in entry.base_path and not entry.base_path.startswith("/"):
         entry.base_path = f"{self.base_path_root.rstrip('/')}/{entry.base_path}"
     request = model_management_pb2.ReloadConfigRequest(config=sent)
-    response = self._stub.HandleReloadConfigRequest(request, timeout=self.rpc_timeout_s)
+    # The embedded server answers once new versions have loaded and warmed up,
+    # so the call may take as long as a load.
+    response = self._stub.HandleReloadConfigRequest(request, timeout=self.load_timeout_s)
     if response.status.error_code != 0:
       raise RolloutError(f"server refused the config: {response.status.error_message}")
     write_config(config, self.config_path)

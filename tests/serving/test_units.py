@@ -16,6 +16,7 @@ from serving.batching import Batcher
 from serving.config import BatchingOptions
 from serving.errors import ServingError
 from serving.metrics import Metrics
+from serving.rollout import compare
 
 FLOAT, UINT8, STRING = types_pb2.DT_FLOAT, types_pb2.DT_UINT8, types_pb2.DT_STRING
 
@@ -151,6 +152,8 @@ def test_prometheus_text_and_per_version_counts():
   assert ':tensorflow:serving:request_count{model_name="m",status="OK"} 1' in text
   assert ':tensorflow:serving:request_latency_count{model_name="m",API="Predict",' \
          'entrypoint="GRPC"} 1' in text
-  assert m.requests_by_version("m") == {
-      "1": {"requests": 1, "errors": 0, "mean_latency_us": 100.0},
-      "2": {"requests": 1, "errors": 1, "mean_latency_us": 300.0}}
+  # What the rollout tool's `compare` reads from a scrape.
+  arms = compare(text, "m")
+  assert {v: (a["requests"], a["errors"], a["mean_latency_ms"]) for v, a in arms.items()} == {
+      "1": (1, 0, 0.1), "2": (1, 1, 0.3)}
+  assert arms["1"]["p50_latency_ms"] >= 0.1 and arms["2"]["p99_latency_ms"] >= 0.3
