@@ -36,9 +36,10 @@ def read_npz(path: str | os.PathLike) -> dict[str, np.ndarray]:
   """The flat key -> array mapping of an `.npz` file, with clear errors."""
   path = os.fspath(path)
   try:
-    with np.load(path, allow_pickle=False) as data:
-      if not isinstance(data, np.lib.npyio.NpzFile):
-        raise CheckpointError(f"{path}: not an .npz checkpoint (a single .npy array)")
+    data = np.load(path, allow_pickle=False)
+    if not isinstance(data, np.lib.npyio.NpzFile):
+      raise CheckpointError(f"{path}: not an .npz checkpoint (a single .npy array)")
+    with data:
       return {k: data[k] for k in data.files}
   except CheckpointError:
     raise
