@@ -115,7 +115,9 @@ def _parser() -> argparse.ArgumentParser:
       sub.add_argument("--top-k", type=int, default=None,
                        help="classes per image (default: all the model returns)")
       sub.add_argument("--json", action="store_true", help="print one JSON list")
-      sub.add_argument("--batch-size", type=int, default=32, help="images per request")
+      sub.add_argument("--batch-size", type=int, default=8,
+                       help="images per request (default 8: the largest batch the CPU "
+                            "batching config of serving/config/ accepts)")
       sub.add_argument("images", nargs="+", metavar="IMAGE", help="image files or directories")
   return parser
 
