@@ -8,6 +8,18 @@ next `allowed_batch_sizes` entry by repeating the first example (as TF
 Serving does), calls the model once, and hands each caller its own rows with
 the padding removed.  A full queue is UNAVAILABLE, an over-size task is
 INVALID_ARGUMENT, and a task whose deadline passes while queued never runs.
+
+Batching only pays when what it saves (one model call per batch instead of
+one per request) exceeds what it adds per request, so the per-request path
+is kept to a few cheap steps: a request wakes a worker only when its queue
+becomes ready or needs a new timer (not on every arrival), each caller waits
+on a plain pre-acquired lock that the worker releases (no Event/Condition
+objects per request), a caller that gives up takes its own task out of the
+queue (so workers never scan for abandoned tasks), the batch is copied once
+into a preallocated array, padding included, and each caller cuts its own
+rows out of the outputs, off the batch thread.  (In a gRPC-served model the
+rest of the per-request cost is the Python gRPC server and thread wake-ups:
+benchmarks/bench_serving.py measures both.)
 """
 
 from __future__ import annotations
@@ -26,17 +38,18 @@ from serving.servable import Servable
 
 
 class _Task:
-  __slots__ = ("inputs", "size", "enqueued", "deadline", "done", "result", "error", "state")
+  __slots__ = ("inputs", "size", "enqueued", "finished", "outputs", "offset", "error", "queued")
 
-  def __init__(self, inputs: Mapping[str, np.ndarray], size: int, deadline: float | None):
+  def __init__(self, inputs: Mapping[str, np.ndarray], size: int):
     self.inputs = inputs
     self.size = size
     self.enqueued = time.monotonic()
-    self.deadline = deadline
-    self.done = threading.Event()
-    self.result: dict[str, np.ndarray] | None = None
+    self.finished = threading.Lock()   # held until the worker has set outputs or error
+    self.finished.acquire()
+    self.outputs: dict[str, np.ndarray] = {}     # the whole batch's
+    self.offset = 0                               # where this task's rows start
     self.error: ServingError | None = None
-    self.state = "queued"          # queued -> running | abandoned
+    self.queued = True                 # False once a worker took it
 
 
 class _Queue:
@@ -54,6 +67,7 @@ class Batcher:
   def __init__(self, options: BatchingOptions, metrics: Metrics | None = None):
     self.options = options
     self.metrics = metrics
+    self._timeout_s = options.batch_timeout_micros / 1e6
     self._cond = threading.Condition()
     self._queues: dict[tuple, _Queue] = {}
     self._stopping = False
@@ -75,7 +89,7 @@ class Batcher:
       self.metrics.input_batch_size.observe(size, servable.name, signature)
     key = (id(servable), signature,
            tuple((k, v.dtype.str, v.shape[1:]) for k, v in sorted(inputs.items())))
-    task = _Task(inputs, size, deadline)
+    task = _Task(inputs, size)
     with self._cond:
       if self._stopping:
         raise unavailable("The server is shutting down")
@@ -87,62 +101,72 @@ class Batcher:
         raise unavailable("The batch scheduling queue to which this task was submitted is full")
       queue.tasks.append(task)
       queue.size += size
-      self._cond.notify()
-    timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
-    if not task.done.wait(timeout):
+      # An idle worker sleeps until the earliest timer of the queues it saw,
+      # so it needs waking only for a new timer (first task of a queue) or a
+      # full batch; the other arrivals change nothing it waits for.
+      if len(queue.tasks) == 1 or queue.size >= opts.max_batch_size:
+        self._cond.notify()
+    timeout = -1 if deadline is None else max(0.0, deadline - time.monotonic())
+    if not task.finished.acquire(timeout=timeout):
       with self._cond:
-        if task.state == "queued":
-          task.state = "abandoned"
+        if task.queued:
+          queue.tasks.remove(task)
+          queue.size -= task.size
           raise deadline_exceeded("Deadline exceeded while the request waited for a batch")
-      task.done.wait()
+      task.finished.acquire()       # already running: its result is moments away
     if task.error is not None:
       raise task.error
-    assert task.result is not None
-    return task.result
+    end = task.offset + size     # this caller's rows, cut here rather than by the batch thread
+    return {k: v[task.offset:end] for k, v in task.outputs.items()}
 
   def stop(self) -> None:
+    """Stops the workers; tasks still queued fail with UNAVAILABLE rather
+    than wait for a batch that will never run."""
     with self._cond:
       self._stopping = True
       self._cond.notify_all()
     for w in self._workers:
       w.join(timeout=5)
+    with self._cond:
+      stranded = [t for q in self._queues.values() for t in q.tasks]
+      self._queues.clear()
+    for t in stranded:
+      t.queued = False
+      t.error = unavailable("The server is shutting down")
+      t.finished.release()
 
   # ------------------------------------------------------------ workers
 
   def _next_batch(self) -> tuple[_Queue, list[_Task]] | None:
     """Under the lock: wait until some queue is ready, take its batch."""
-    timeout_s = self.options.batch_timeout_micros / 1e6
     while not self._stopping:
       now = time.monotonic()
       ready, wake = None, None
       for key, queue in list(self._queues.items()):
-        self._drop_abandoned(queue)
         if not queue.tasks:
           del self._queues[key]
           continue
-        due = queue.tasks[0].enqueued + timeout_s
+        oldest = queue.tasks[0].enqueued
+        due = oldest + self._timeout_s
         if queue.size >= self.options.max_batch_size or due <= now:
-          if ready is None or queue.tasks[0].enqueued < ready.tasks[0].enqueued:
+          if ready is None or oldest < ready.tasks[0].enqueued:
             ready = queue
         else:
           wake = due if wake is None else min(wake, due)
       if ready is not None:
-        return ready, self._take(ready)
+        batch = self._take(ready)
+        if ready.tasks:
+          self._cond.notify()      # what is left may be ready for another worker
+        return ready, batch
       self._cond.wait(None if wake is None else max(0.0, wake - now))
     return None
-
-  def _drop_abandoned(self, queue: _Queue) -> None:
-    if any(t.state == "abandoned" for t in queue.tasks):
-      kept = [t for t in queue.tasks if t.state != "abandoned"]
-      queue.tasks = collections.deque(kept)
-      queue.size = sum(t.size for t in kept)
 
   def _take(self, queue: _Queue) -> list[_Task]:
     batch, total = [], 0
     while queue.tasks and total + queue.tasks[0].size <= self.options.max_batch_size:
       task = queue.tasks.popleft()
       queue.size -= task.size
-      task.state = "running"
+      task.queued = False
       batch.append(task)
       total += task.size
     return batch
@@ -163,18 +187,16 @@ class Batcher:
         for t in tasks:
           t.error = ServingError(Code.INTERNAL, f"Batch failed: {type(e).__name__}: {e}")
       for t in tasks:
-        t.done.set()
+        t.finished.release()
 
   def _run(self, queue: _Queue, tasks: list[_Task]) -> None:
     total = sum(t.size for t in tasks)
     padded = next((b for b in self.options.allowed_batch_sizes if b >= total), total)
-    inputs = {}
-    for name in tasks[0].inputs:
-      parts = [t.inputs[name] for t in tasks]
-      if padded > total:
-        first = parts[0][:1]
-        parts.append(np.repeat(first, padded - total, axis=0))
-      inputs[name] = parts[0] if len(parts) == 1 else np.concatenate(parts)
+    if len(tasks) == 1 and padded == total:
+      inputs = tasks[0].inputs
+    else:
+      inputs = {name: _stack([t.inputs[name] for t in tasks], total, padded)
+                for name in tasks[0].inputs}
     outputs = queue.servable.call(queue.signature, inputs)
     if self.metrics:
       self.metrics.record_batch(model=queue.servable.name, signature=queue.signature,
@@ -187,8 +209,19 @@ class Batcher:
             f"size {padded}: this signature cannot be batched")
     offset = 0
     for t in tasks:
-      t.result = {k: v[offset:offset + t.size] for k, v in outputs.items()}
+      t.outputs, t.offset = outputs, offset
       offset += t.size
+
+
+def _stack(parts: list[np.ndarray], total: int, padded: int) -> np.ndarray:
+  """The parts one after another in a new [padded, ...] array, the rows past
+  `total` filled with copies of the first row: two numpy calls, no Python
+  loop, since every waiting request waits on the batch thread."""
+  first = parts[0]
+  out = np.empty((padded, *first.shape[1:]), first.dtype)
+  np.concatenate(parts, out=out[:total])
+  out[total:] = first[:1]
+  return out
 
 
 def _batch_size(inputs: Mapping[str, np.ndarray]) -> int:

@@ -61,7 +61,8 @@ FLAGS: dict[str, Flag] = {
     "monitoring_config_file": _f(str, "", "MonitoringConfig text proto"),
     "grpc_channel_arguments": _f(str, "", "comma-separated gRPC channel args, "
                                  "e.g. grpc.max_receive_message_length=100"),
-    "grpc_max_threads": _f(int, 0, "gRPC handler threads (0: 4 x cores, at least 8)"),
+    "grpc_max_threads": _f(int, 0, "gRPC handler threads (0: 4 x cores, at least 8; with "
+                           "--enable_batching, enough to fill every batch thread's batches)"),
     "saved_model_tags": _f(str, "serve", "comma-separated MetaGraph tags to load"),
     "tensorflow_intra_op_parallelism": _f(int, 0, "TF intra-op threads (0: auto)"),
     "tensorflow_inter_op_parallelism": _f(int, 0, "TF inter-op threads (0: auto)"),

@@ -142,6 +142,54 @@ def test_batcher_deadline_while_queued():
   batcher.stop()
 
 
+# A timeout no test waits out: in these tests only full batches can run.
+NEVER_US = 600_000_000
+
+
+def test_batcher_runs_full_batches_at_once_on_every_thread():
+  batcher = Batcher(BatchingOptions(max_batch_size=2, batch_timeout_micros=NEVER_US,
+                                    num_batch_threads=2))
+  servable = _FakeServable(delay=0.05)
+  rows = [np.full((1, 2), i, np.float32) for i in range(6)]
+  results = _concurrently(batcher, servable, rows)
+  for i, result in enumerate(results):
+    np.testing.assert_array_equal(result["y"], rows[i] * 2)
+  assert servable.calls == [2, 2, 2]
+  batcher.stop()
+
+
+def test_batcher_caller_that_gives_up_frees_its_place():
+  batcher = Batcher(BatchingOptions(max_batch_size=2, batch_timeout_micros=NEVER_US,
+                                    num_batch_threads=1))
+  servable = _FakeServable()
+  with pytest.raises(ServingError, match="Deadline exceeded"):
+    batcher(servable, "s", {"x": np.ones((1, 2), np.float32)}, time.monotonic() + 0.05)
+  rows = [np.full((1, 2), i, np.float32) for i in (3, 4)]
+  results = _concurrently(batcher, servable, rows, "s")
+  assert servable.calls == [2]            # the two new rows, not the abandoned one
+  for row, result in zip(rows, results):
+    np.testing.assert_array_equal(result["y"], row * 2)
+  batcher.stop()
+
+
+def test_batcher_pads_string_inputs():
+  batcher = Batcher(BatchingOptions(max_batch_size=4, batch_timeout_micros=300_000,
+                                    num_batch_threads=1, allowed_batch_sizes=(4,)))
+  servable = _FakeServable()
+  rows = [np.array([b"a" * (i + 1)], dtype=object) for i in range(3)]
+  results = _concurrently(batcher, servable, rows)
+  assert servable.calls == [4]
+  assert [r["y"].tolist() for r in results] == [[b"aa"], [b"aaaa"], [b"aaaaaa"]]
+  batcher.stop()
+
+
+def test_grpc_handler_threads_can_fill_every_batch():
+  from serving.grpc_service import default_max_threads
+  assert default_max_threads(None) >= 8
+  options = BatchingOptions(max_batch_size=32, num_batch_threads=2)
+  assert default_max_threads(options) >= 32 * 3   # two running, one forming
+
+
 def test_prometheus_text_and_per_version_counts():
   m = Metrics()
   m.record_request(model="m", version=1, signature="s", api="Predict", entrypoint="GRPC",
@@ -157,3 +205,23 @@ def test_prometheus_text_and_per_version_counts():
   assert {v: (a["requests"], a["errors"], a["mean_latency_ms"]) for v, a in arms.items()} == {
       "1": (1, 0, 0.1), "2": (1, 1, 0.3)}
   assert arms["1"]["p50_latency_ms"] >= 0.1 and arms["2"]["p99_latency_ms"] >= 0.3
+
+
+def test_batcher_stop_fails_queued_tasks_instead_of_stranding_them():
+  batcher = Batcher(BatchingOptions(max_batch_size=8, batch_timeout_micros=60_000_000,
+                                    num_batch_threads=1), Metrics())
+  errors = []
+
+  def call():
+    try:
+      batcher(_FakeServable(), "sig", {"x": np.zeros((1, 2), np.float32)})
+    except ServingError as e:
+      errors.append(e)
+
+  caller = threading.Thread(target=call)
+  caller.start()
+  time.sleep(0.2)            # queued, waiting out the 60 s batch timeout
+  batcher.stop()
+  caller.join(timeout=10)
+  assert not caller.is_alive()
+  assert [e.code.name for e in errors] == ["UNAVAILABLE"]
