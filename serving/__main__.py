@@ -133,7 +133,7 @@ def _serve(values: dict, log: logging.Logger) -> int:
   if rest is not None:
     rest.stop()
   if grpc_server is not None:
-    grpc_server.stop(grace=2).wait(5)
+    grpc_server.stop(grace=2)
   manager.stop()
   if batcher is not None:
     batcher.stop()

@@ -17,13 +17,16 @@ on a plain pre-acquired lock that the worker releases (no Event/Condition
 objects per request), a caller that gives up takes its own task out of the
 queue (so workers never scan for abandoned tasks), the batch is copied once
 into a preallocated array, padding included, and each caller cuts its own
-rows out of the outputs, off the batch thread.  (In a gRPC-served model the
-rest of the per-request cost is the Python gRPC server and thread wake-ups:
-benchmarks/bench_serving.py measures both.)
+rows out of the outputs, off the batch thread.  An asyncio caller (the gRPC
+front end) uses `submit` instead: it holds no thread while it waits, and a
+batch wakes its event loop once for all of its futures, since a thread per
+waiting request cost more in wake-ups than the rest of a batched request
+(benchmarks/bench_serving.py measures it).
 """
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import threading
 import time
@@ -38,7 +41,8 @@ from serving.servable import Servable
 
 
 class _Task:
-  __slots__ = ("inputs", "size", "enqueued", "finished", "outputs", "offset", "error", "queued")
+  __slots__ = ("inputs", "size", "enqueued", "finished", "outputs", "offset", "error", "queued",
+               "future")
 
   def __init__(self, inputs: Mapping[str, np.ndarray], size: int):
     self.inputs = inputs
@@ -50,6 +54,7 @@ class _Task:
     self.offset = 0                               # where this task's rows start
     self.error: ServingError | None = None
     self.queued = True                 # False once a worker took it
+    self.future: asyncio.Future | None = None    # set for `submit`'s callers instead
 
 
 class _Queue:
@@ -78,9 +83,35 @@ class Batcher:
 
   def __call__(self, servable: Servable, signature: str, inputs: Mapping[str, np.ndarray],
                deadline: float | None = None) -> dict[str, np.ndarray]:
-    size = _batch_size(inputs)
-    if size == 0:
+    if _batch_size(inputs) == 0:
       return servable.call(signature, inputs)     # nothing to batch with
+    queue, task = self._enqueue(servable, signature, inputs, None)
+    timeout = -1 if deadline is None else max(0.0, deadline - time.monotonic())
+    if not task.finished.acquire(timeout=timeout):
+      self._abandon(queue, task)
+      task.finished.acquire()       # already running: its result is moments away
+    return _result(task)
+
+  async def submit(self, servable: Servable, signature: str, inputs: Mapping[str, np.ndarray],
+                   deadline: float | None = None) -> dict[str, np.ndarray]:
+    """`__call__` for an asyncio caller: the batch thread settles a future on
+    the caller's event loop (one loop wake-up per batch), so a waiting request
+    holds no thread."""
+    if _batch_size(inputs) == 0:
+      return await asyncio.to_thread(servable.call, signature, inputs)
+    future = asyncio.get_running_loop().create_future()
+    queue, task = self._enqueue(servable, signature, inputs, future)
+    timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
+    try:
+      await asyncio.wait_for(asyncio.shield(future), timeout)
+    except asyncio.TimeoutError:
+      self._abandon(queue, task)
+      await future
+    return _result(task)
+
+  def _enqueue(self, servable: Servable, signature: str, inputs: Mapping[str, np.ndarray],
+               future: asyncio.Future | None) -> tuple[_Queue, _Task]:
+    size = _batch_size(inputs)
     opts = self.options
     if size > opts.max_batch_size:
       raise invalid_argument(
@@ -90,6 +121,7 @@ class Batcher:
     key = (id(servable), signature,
            tuple((k, v.dtype.str, v.shape[1:]) for k, v in sorted(inputs.items())))
     task = _Task(inputs, size)
+    task.future = future
     with self._cond:
       if self._stopping:
         raise unavailable("The server is shutting down")
@@ -106,18 +138,16 @@ class Batcher:
       # full batch; the other arrivals change nothing it waits for.
       if len(queue.tasks) == 1 or queue.size >= opts.max_batch_size:
         self._cond.notify()
-    timeout = -1 if deadline is None else max(0.0, deadline - time.monotonic())
-    if not task.finished.acquire(timeout=timeout):
-      with self._cond:
-        if task.queued:
-          queue.tasks.remove(task)
-          queue.size -= task.size
-          raise deadline_exceeded("Deadline exceeded while the request waited for a batch")
-      task.finished.acquire()       # already running: its result is moments away
-    if task.error is not None:
-      raise task.error
-    end = task.offset + size     # this caller's rows, cut here rather than by the batch thread
-    return {k: v[task.offset:end] for k, v in task.outputs.items()}
+    return queue, task
+
+  def _abandon(self, queue: _Queue, task: _Task) -> None:
+    """A caller whose deadline passed takes its task out of the queue; when a
+    batch already took it, it waits for the result instead."""
+    with self._cond:
+      if task.queued:
+        queue.tasks.remove(task)
+        queue.size -= task.size
+        raise deadline_exceeded("Deadline exceeded while the request waited for a batch")
 
   def stop(self) -> None:
     """Stops the workers; tasks still queued fail with UNAVAILABLE rather
@@ -133,7 +163,7 @@ class Batcher:
     for t in stranded:
       t.queued = False
       t.error = unavailable("The server is shutting down")
-      t.finished.release()
+    _finish(stranded)
 
   # ------------------------------------------------------------ workers
 
@@ -186,8 +216,7 @@ class Batcher:
       except Exception as e:  # noqa: BLE001  (never lose a worker; report to callers)
         for t in tasks:
           t.error = ServingError(Code.INTERNAL, f"Batch failed: {type(e).__name__}: {e}")
-      for t in tasks:
-        t.finished.release()
+      _finish(tasks)
 
   def _run(self, queue: _Queue, tasks: list[_Task]) -> None:
     total = sum(t.size for t in tasks)
@@ -211,6 +240,35 @@ class Batcher:
     for t in tasks:
       t.outputs, t.offset = outputs, offset
       offset += t.size
+
+
+def _finish(tasks: list[_Task]) -> None:
+  """Wakes the callers of `tasks`: threads one by one, asyncio callers with
+  one call per event loop."""
+  by_loop: dict[asyncio.AbstractEventLoop, list[asyncio.Future]] = {}
+  for t in tasks:
+    if t.future is None:
+      t.finished.release()
+    else:
+      by_loop.setdefault(t.future.get_loop(), []).append(t.future)
+  for loop, futures in by_loop.items():
+    try:
+      loop.call_soon_threadsafe(_settle, futures)
+    except RuntimeError:          # the loop is closed: nobody is waiting
+      pass
+
+
+def _settle(futures: list[asyncio.Future]) -> None:
+  for f in futures:
+    if not f.done():
+      f.set_result(None)
+
+
+def _result(task: _Task) -> dict[str, np.ndarray]:
+  if task.error is not None:
+    raise task.error
+  end = task.offset + task.size     # this caller's rows, cut here rather than by the batch thread
+  return {k: v[task.offset:end] for k, v in task.outputs.items()}
 
 
 def _stack(parts: list[np.ndarray], total: int, padded: int) -> np.ndarray:

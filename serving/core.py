@@ -92,13 +92,9 @@ class Core:
                      inputs: Mapping[str, np.ndarray], output_filter: Sequence[str],
                      deadline: float | None, call: _Call) -> tuple[str, dict[str, np.ndarray]]:
     """(signature key, outputs) of a Predict on an already resolved servable."""
-    call.version = servable.version
-    sig = servable.signature(signature_name)
-    call.signature = sig.key
-    sig.check_inputs(inputs)
-    names = sig.check_output_filter(output_filter)
-    outputs = self.execute(servable, sig.key, inputs, deadline)
-    return sig.key, {n: outputs[n] for n in names}
+    key, names = _check_predict(servable, signature_name, inputs, output_filter, call)
+    outputs = self.execute(servable, key, inputs, deadline)
+    return key, {n: outputs[n] for n in names}
 
   def predict(self, request: predict_pb2.PredictRequest, entrypoint: str = "GRPC",
               deadline: float | None = None) -> predict_pb2.PredictResponse:
@@ -107,11 +103,23 @@ class Core:
       inputs = {k: tensors.to_numpy(v, k) for k, v in request.inputs.items()}
       key, outputs = self.predict_arrays(servable, request.model_spec.signature_name, inputs,
                                          request.output_filter, deadline, call)
-      response = predict_pb2.PredictResponse()
-      _fill_spec(response.model_spec, servable, key)
-      for name, value in outputs.items():
-        response.outputs[name].CopyFrom(tensors.to_proto(value))
-      return response
+      return _predict_response(servable, key, outputs)
+
+  async def predict_batched(self, request: predict_pb2.PredictRequest, entrypoint: str = "GRPC",
+                            deadline: float | None = None) -> predict_pb2.PredictResponse:
+    """`predict` for an asyncio front end with --enable_batching: the same
+    steps, but the request waits for its batch on the event loop (see
+    Batcher.submit) instead of blocking a thread."""
+    assert self.executor is not None
+    with self.observe(request.model_spec.name, "Predict", entrypoint) as call:
+      servable = self.resolve(request.model_spec)
+      inputs = {k: tensors.to_numpy(v, k) for k, v in request.inputs.items()}
+      key, names = _check_predict(servable, request.model_spec.signature_name, inputs,
+                                  request.output_filter, call)
+      if deadline is not None and time.monotonic() >= deadline:
+        raise deadline_exceeded()
+      outputs = await self.executor.submit(servable, key, inputs, deadline)
+      return _predict_response(servable, key, {n: outputs[n] for n in names})
 
   # --------------------------------------------------------- classify/regress
 
@@ -213,6 +221,25 @@ class Core:
     self.manager.apply_config(config)
     return model_management_pb2.ReloadConfigResponse(
         status=status_pb2.StatusProto(error_code=0, error_message=""))
+
+
+def _check_predict(servable: Servable, signature_name: str, inputs: Mapping[str, np.ndarray],
+                   output_filter: Sequence[str], call: _Call) -> tuple[str, list[str]]:
+  """(signature key, output names) of a Predict whose inputs fit the signature."""
+  call.version = servable.version
+  sig = servable.signature(signature_name)
+  call.signature = sig.key
+  sig.check_inputs(inputs)
+  return sig.key, sig.check_output_filter(output_filter)
+
+
+def _predict_response(servable: Servable, key: str,
+                      outputs: Mapping[str, np.ndarray]) -> predict_pb2.PredictResponse:
+  response = predict_pb2.PredictResponse()
+  _fill_spec(response.model_spec, servable, key)
+  for name, value in outputs.items():
+    response.outputs[name].CopyFrom(tensors.to_proto(value))
+  return response
 
 
 def _fill_spec(spec: model_pb2.ModelSpec, servable: Servable, signature: str) -> None:
