@@ -192,7 +192,7 @@ def export_checkpoint(checkpoint: str, name: str, repo: str | os.PathLike, *,
   if model_config_file == DEFAULT_MODEL_CONFIG:
     model_config_file = repository.default_model_config(repo)
   if model_config_file is not None:
-    repository.read_model_config(model_config_file)  # fail before the slow part
+    repository.check_model_config(model_config_file)  # fail before the slow part
 
   resolved = zoo.resolve(checkpoint)
   if config is not None:
@@ -308,7 +308,7 @@ def _export_remote(checkpoint: str, name: str, url: str, *, version: int | None,
   if model_config_file == DEFAULT_MODEL_CONFIG:
     model_config_file = Path("models.config")
   if model_config_file is not None:
-    repository.read_model_config(model_config_file)  # fail before the slow part
+    repository.check_model_config(model_config_file)  # fail before the slow part
   version = version if version is not None else store.next_version(name)
   store.check_free(name, version)
   with tempfile.TemporaryDirectory(prefix="export-staging-") as staging:

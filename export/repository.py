@@ -27,9 +27,10 @@ embedded server resolves a relative base_path against its working directory
 Kubernetes deployments, where tensorflow_model_server refuses relative paths,
 serve a copy with them made absolute (serving/config/tfserving-entrypoint.sh).
 Existing entries
-(policies, labels, ...) are left as they are; the file is rewritten (through a
-temporary file and os.replace) only when an entry is added. Only one process
-should update a given models.config at a time.
+(policies, labels, ...) and the file's leading comments are left as they are;
+the file is rewritten only when an entry is added, through
+`clients.model_config.update`, which serializes it with the other writer (the
+rollout tool) and replaces the file atomically.
 """
 
 from __future__ import annotations
@@ -39,9 +40,9 @@ import re
 import shutil
 import tempfile
 from pathlib import Path
+from typing import Any
 
-from google.protobuf import text_format
-from tensorflow_serving.config import model_server_config_pb2
+from clients import model_config
 
 _TMP_PREFIX = ".tmp-"
 _TMP_NAME = re.compile(r"^\.tmp-(\d+)-")
@@ -111,18 +112,12 @@ def default_model_config(repo: str | os.PathLike) -> Path:
   return Path(os.path.abspath(repo)).parent / "models.config"
 
 
-def read_model_config(path: str | os.PathLike) -> model_server_config_pb2.ModelServerConfig:
-  """The parsed config; an empty one when the file does not exist."""
-  config = model_server_config_pb2.ModelServerConfig()
-  path = Path(path)
-  if path.exists():
-    try:
-      text_format.Parse(path.read_text(), config)
-    except text_format.ParseError as e:
-      raise PublishError(f"{path}: not a ModelServerConfig text proto: {e}") from None
-  if config.WhichOneof("config") == "custom_model_config":
-    raise PublishError(f"{path}: uses custom_model_config; expected model_config_list")
-  return config
+def check_model_config(path: str | os.PathLike) -> None:
+  """Fails now, before the slow part of an export, if `path` is unusable."""
+  try:
+    model_config.read(path)
+  except model_config.ModelConfigError as e:
+    raise PublishError(str(e)) from None
 
 
 def base_path_for(repo: str | os.PathLike, name: str, config_path: str | os.PathLike) -> str:
@@ -135,26 +130,17 @@ def base_path_for(repo: str | os.PathLike, name: str, config_path: str | os.Path
 
 def ensure_model_entry(config_path: str | os.PathLike, name: str, base_path: str) -> bool:
   """Adds a `config { name base_path model_platform }` entry for `name` unless
-  one exists. Returns True when the file was written."""
-  config_path = Path(config_path)
-  config = read_model_config(config_path)
-  if any(c.name == name for c in config.model_config_list.config):
-    return False
-  entry = config.model_config_list.config.add()
-  entry.name = name
-  entry.base_path = base_path
-  entry.model_platform = "tensorflow"
-  text = text_format.MessageToString(config)
-  fd, tmp = tempfile.mkstemp(prefix=f".{config_path.name}.", dir=config_path.parent)
+  one exists (`clients.model_config.update`: serialized with other writers,
+  atomic, comments and mode kept). Returns True when the file was written."""
+
+  def add(config: Any) -> None:
+    if model_config.entry(config, name) is None:
+      entry = config.model_config_list.config.add()
+      entry.name = name
+      entry.base_path = base_path
+      entry.model_platform = "tensorflow"
+
   try:
-    with os.fdopen(fd, "w") as f:
-      f.write(text)
-    if config_path.exists():
-      os.chmod(tmp, config_path.stat().st_mode & 0o7777)
-    else:
-      os.chmod(tmp, 0o644)
-    os.replace(tmp, config_path)
-  except BaseException:
-    os.unlink(tmp)
-    raise
-  return True
+    return model_config.update(config_path, add)
+  except model_config.ModelConfigError as e:
+    raise PublishError(str(e)) from None
