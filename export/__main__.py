@@ -78,5 +78,10 @@ def main(argv: list[str]) -> int:
   return 0
 
 
+def run() -> int:
+  """The `vit-export` console script: `python -m export` with this process's arguments."""
+  return main(sys.argv[1:])
+
+
 if __name__ == "__main__":
-  sys.exit(main(sys.argv[1:]))
+  sys.exit(run())

@@ -150,6 +150,11 @@ def _read(path: str) -> str | None:
     return None
 
 
-if __name__ == "__main__":
+def run() -> int:
+  """The `vit-serving` console script: `python -m serving` with this process's arguments."""
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-  sys.exit(main(sys.argv[1:]))
+  return main(sys.argv[1:])
+
+
+if __name__ == "__main__":
+  sys.exit(run())

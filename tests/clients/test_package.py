@@ -1,0 +1,117 @@
+"""The client as a service installs it: the wheel without extras, on other CPythons.
+
+A wheel is built from a copy of the sources (so the worktree gets no build/
+or egg-info), installed into fresh venvs made by the oldest and newest other
+CPython that pyenv has (3.10 and 3.13 on the CI machines; this interpreter if
+there are none), and used from outside the repository against the embedded
+server: `import clients`, `python -m clients predict`, the `vit-client`
+script. TensorFlow, JAX and Flax must not have come with it. pip's cache keeps
+the repeated installs to a few seconds (the client's dependencies are small).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tests.serving.helpers import ROOT, ServerProcess, free_port, write_tf2_model
+
+HEAVY = ("tensorflow", "jax", "flax")
+
+
+def _interpreters() -> list[str]:
+  """The oldest and newest pyenv CPython 3.10+ other than this one."""
+  root = Path(os.environ.get("PYENV_ROOT", Path.home() / ".pyenv")) / "versions"
+  found = {}
+  for path in root.glob("3.*/bin/python"):
+    major, minor = (int(p) for p in path.parts[-3].split(".")[:2])
+    if minor >= 10 and (major, minor) != sys.version_info[:2]:
+      found[(major, minor)] = str(path)
+  chosen = sorted(found)
+  return [found[v] for v in sorted({chosen[0], chosen[-1]})] if chosen else [sys.executable]
+
+
+@pytest.fixture(scope="module")
+def wheel(tmp_path_factory) -> Path:
+  source = tmp_path_factory.mktemp("source")
+  for name in ("pyproject.toml", "README.md"):
+    shutil.copy(ROOT / name, source / name)
+  for package in ("clients", "serving", "export"):
+    shutil.copytree(ROOT / package, source / package,
+                    ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+  out = tmp_path_factory.mktemp("dist")
+  subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps",
+                  "--no-build-isolation", "--wheel-dir", str(out), str(source)],
+                 check=True, capture_output=True, text=True, timeout=300)
+  return next(out.glob("vit_serving-*.whl"))
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+  base = tmp_path_factory.mktemp("models") / "tiny"
+  write_tf2_model(base / "1")
+  process = ServerProcess([f"--port={free_port()}", f"--rest_api_port={free_port()}",
+                           "--model_name=tiny", f"--model_base_path={base}"])
+  yield process
+  process.stop()
+
+
+def test_wheel_ships_configs_protos_and_console_scripts(wheel):
+  with zipfile.ZipFile(wheel) as z:
+    names = set(z.namelist())
+    scripts = z.read(next(n for n in names if n.endswith("entry_points.txt"))).decode()
+    metadata = z.read(next(n for n in names if n.endswith("METADATA"))).decode()
+  assert {"clients/tf_serving_protos.binpb", "serving/config/batching_parameters.config",
+          "serving/config/monitoring.config", "export/data/imagenet2012_labels.txt"} <= names
+  for script in ("vit-client = clients.__main__:main", "vit-serving = serving.__main__:run",
+                 "vit-export = export.__main__:run", "vit-rollout = serving.rollout:main"):
+    assert script in scripts
+  base = [line.split(":", 1)[1].strip() for line in metadata.splitlines()
+          if line.startswith("Requires-Dist:") and "extra ==" not in line]
+  assert sorted(r.split(">")[0] for r in base) == ["grpcio", "numpy", "pillow", "protobuf",
+                                                  "tqdm"]
+  assert "Requires-Python: >=3.10" in metadata
+
+
+@pytest.mark.parametrize("python", _interpreters())
+def test_client_alone_from_the_wheel_predicts_on_another_python(python, wheel, server, tmp_path):
+  venv = tmp_path / "venv"
+  subprocess.run([python, "-m", "venv", str(venv)], check=True, timeout=120)
+  bin_dir = venv / "bin"
+  install = subprocess.run([str(bin_dir / "python"), "-m", "pip", "install", "--quiet",
+                            str(wheel)], capture_output=True, text=True, timeout=600)
+  assert install.returncode == 0, install.stderr[-3000:]
+  image = tmp_path / "photo.png"
+  pixels = np.random.default_rng(0).integers(0, 256, (20, 30, 3), dtype=np.uint8)
+  Image.fromarray(pixels).save(image)
+
+  def run(*args: str) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    return subprocess.run(args, cwd=tmp_path, env=env, capture_output=True, text=True,
+                          timeout=120)
+
+  probe = run(str(bin_dir / "python"), "-c",
+              "import importlib.util, sys, clients; print(sys.version_info[:2]); "
+              "print(clients.__file__); "
+              f"print([m for m in {HEAVY!r} if importlib.util.find_spec(m)])")
+  assert probe.returncode == 0, probe.stderr
+  version, location, heavy = probe.stdout.splitlines()
+  assert str(venv) in location and heavy == "[]"
+  if python != sys.executable:
+    assert version != str(sys.version_info[:2])
+  for command in ([str(bin_dir / "python"), "-m", "clients"], [str(bin_dir / "vit-client")]):
+    done = run(*command, "predict", "--server", server.grpc_address, "--model", "tiny",
+               "--top-k", "2", str(image))
+    assert done.returncode == 0, done.stderr
+    assert "tiny version 1 via grpc" in done.stdout and str(image) in done.stdout
+  done = run(str(bin_dir / "python"), "-m", "clients", "predict", "--rest", "--server",
+             server.rest_address, "--model", "tiny", "--version", "1", str(image))
+  assert done.returncode == 0 and "via rest" in done.stdout, done.stderr
