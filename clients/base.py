@@ -14,15 +14,13 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from clients import batching, preprocessing
+from clients import batching, contract, preprocessing
 from clients.results import ModelMetadata, Prediction, VersionStatus
 from clients.retry import RetryPolicy
 from clients.tensors import as_array
 
-# The SavedModel contract's signatures (DESIGN.md).
-IMAGES = "serving_default"
-PIXELS = "predict_uint8"
-ENCODED = "predict_bytes"
+# The SavedModel contract's signatures (clients.contract, docs/design.md).
+IMAGES, PIXELS, ENCODED = contract.IMAGES, contract.PIXELS, contract.ENCODED
 
 
 @dataclasses.dataclass(frozen=True)
@@ -84,7 +82,7 @@ class Client(abc.ABC):
   # -- the shared API -------------------------------------------------------
 
   def predict(self, model: str, inputs: Mapping[str, Any], *, version: int | None = None,
-              label: str | None = None, signature: str = IMAGES,
+              label: str | None = None, signature: str = contract.DEFAULT.name,
               batch_size: int | None = None, progress: bool | None = None) -> Prediction:
     """Any signature, inputs by name; rows beyond batch_size go in several requests."""
     ref = ModelRef(model, version, label)
@@ -104,15 +102,15 @@ class Client(abc.ABC):
     if images.dtype.kind != "f":
       raise TypeError(f"images must be preprocessed floats, got {images.dtype}; "
                       "send raw pixels with predict_pixels")
-    return self.predict(model, {"images": images.astype(np.float32, copy=False)},
-                        signature=IMAGES, **kwargs)
+    return self.predict(model, {IMAGES.input_key: images.astype(IMAGES.dtype, copy=False)},
+                        signature=IMAGES.name, **kwargs)
 
   def predict_pixels(self, model: str, pixels: np.ndarray, **kwargs: Any) -> Prediction:
     """`predict_uint8` on raw uint8 [b, S, S, 3] pixels at the model's size."""
     pixels = np.asarray(pixels)
-    if pixels.dtype != np.uint8:
-      raise TypeError(f"pixels must be uint8, got {pixels.dtype}")
-    return self.predict(model, {"images": pixels}, signature=PIXELS, **kwargs)
+    if pixels.dtype != PIXELS.dtype:
+      raise TypeError(f"pixels must be {PIXELS.dtype}, got {pixels.dtype}")
+    return self.predict(model, {PIXELS.input_key: pixels}, signature=PIXELS.name, **kwargs)
 
   def predict_encoded(self, model: str, images: Sequence[bytes | str | os.PathLike], *,
                       version: int | None = None, label: str | None = None,
@@ -126,14 +124,14 @@ class Client(abc.ABC):
     def call(rows: slice) -> Prediction:
       data = np.empty(rows.stop - rows.start, dtype=object)
       data[:] = [preprocessing.read_bytes(s) for s in sources[rows]]
-      return self._predict(ref, ENCODED, {"image_bytes": data})
+      return self._predict(ref, ENCODED.name, {ENCODED.input_key: data})
 
     return batching.run_batched(call, len(sources), batch_size or self.batch_size,
                                 progress=progress, desc=model)
 
   def image_size(self, model: str, *, version: int | None = None,
                  label: str | None = None) -> int:
-    """The model's input size S, from its serving_default signature."""
+    """The model's input size S, from its default signature."""
     return self.metadata(model, version=version, label=label).image_size()
 
   def __enter__(self) -> Client:

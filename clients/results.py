@@ -11,7 +11,7 @@ from typing import Any, Mapping, NamedTuple, Sequence
 
 import numpy as np
 
-from clients import protos
+from clients import contract, protos
 
 
 class TopK(NamedTuple):
@@ -87,12 +87,13 @@ class ModelMetadata:
   version: int | None
   signatures: dict[str, Signature]
 
-  def image_size(self, signature: str = "serving_default") -> int:
-    """The square input size S of the model's [b, S, S, 3] `images` input."""
+  def image_size(self, signature: str = contract.DEFAULT.name) -> int:
+    """The square input size S of the model's [b, S, S, 3] image input."""
+    key = contract.BY_NAME.get(signature, contract.DEFAULT).input_key
     try:
-      shape = self.signatures[signature].inputs["images"].shape
+      shape = self.signatures[signature].inputs[key].shape
     except KeyError:
-      raise ValueError(f"model {self.name} has no `images` input in {signature!r}") from None
+      raise ValueError(f"model {self.name} has no `{key}` input in {signature!r}") from None
     if not shape or len(shape) != 4 or shape[1] is None or shape[1] != shape[2]:
       raise ValueError(f"model {self.name}: {signature} images shape {shape} is not [b,S,S,3]")
     return int(shape[1])

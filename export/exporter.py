@@ -39,6 +39,7 @@ import jax
 import numpy as np
 import tensorflow as tf
 
+from clients import contract
 from export import download, labels as labels_lib, remote, repository, signatures, warmup, zoo
 from export.checkpoint import flatten, load_checkpoint, native_image_size
 from export.configs import get_config
@@ -53,7 +54,7 @@ DEFAULT_MODEL_CONFIG = "models.config next to the repository"
 """`model_config_file` default: `models.config` in the parent of `repo`, or
 in the current directory for an object-storage `repo`."""
 
-KINDS = ("classifier", "features")
+KINDS = contract.KINDS
 _LIBRARIES = ("jax", "jaxlib", "flax", "tensorflow", "tensorflow-serving-api", "numpy")
 
 
@@ -100,31 +101,29 @@ def _jax_reference(apply_fn: Any, params: Any, images: np.ndarray) -> np.ndarray
 
 def verify(saved_model_dir: str | os.PathLike, apply_fn: Any, params: Any,
            image_size: int, output_key: str) -> dict[str, Any]:
-  """Re-loads the SavedModel and compares its three signatures with the JAX
-  model on the same images; returns the measured differences.
+  """Re-loads the SavedModel and compares every signature of the contract
+  (`clients.contract.SIGNATURES`) with the JAX model on the same images;
+  returns the measured differences.
 
-  `serving_default` gets float images in [-1, 1]; `predict_uint8` and
-  `predict_bytes` (PNG, lossless) get uint8 images, whose JAX reference is
-  the documented scaling (x - 127.5) / 127.5 of the same pixels (at size S
-  the resize is the identity). All calls share one batch size, so the
-  SavedModel compiles once.
+  A signature without preprocessing steps gets float images in [-1, 1]; the
+  others get the same uint8 pixels (`signatures.example_input`: as they are,
+  or PNG-encoded, lossless), whose JAX reference is the contract's scaling of
+  those pixels (at size S the resize is the identity). All calls share one
+  batch size, so the SavedModel compiles once.
   """
   floats, pixels = _test_images(image_size)
-  scaled = (pixels.astype(np.float32) - np.float32(127.5)) / np.float32(127.5)
+  scaled = signatures.example_input(contract.DEFAULT, pixels)
   reference = _jax_reference(apply_fn, params, np.concatenate([floats, scaled]))
-  expected = {"serving_default": reference[:len(floats)],
-              "predict_uint8": reference[len(floats):],
-              "predict_bytes": reference[len(floats):]}
   sigs = tf.saved_model.load(os.fspath(saved_model_dir)).signatures
-  pngs = tf.constant([tf.io.encode_png(p).numpy() for p in pixels])
-  outputs = {"serving_default": sigs["serving_default"](images=tf.constant(floats)),
-             "predict_uint8": sigs["predict_uint8"](images=tf.constant(pixels)),
-             "predict_bytes": sigs["predict_bytes"](image_bytes=pngs)}
   diffs = {}
-  for name, out in outputs.items():
-    got = out[output_key].numpy()
-    diffs[name] = (float(np.max(np.abs(got - expected[name])))
-                   if got.shape == expected[name].shape else float("inf"))
+  for spec in contract.SIGNATURES:
+    if spec.steps:
+      value, expected = signatures.example_input(spec, pixels), reference[len(floats):]
+    else:
+      value, expected = floats.astype(spec.dtype), reference[:len(floats)]
+    got = sigs[spec.name](**{spec.input_key: tf.constant(value)})[output_key].numpy()
+    diffs[spec.name] = (float(np.max(np.abs(got - expected)))
+                        if got.shape == expected.shape else float("inf"))
   tolerance = TOLERANCE * max(1.0, float(np.max(np.abs(reference))))
   return {"max_abs_diff": max(diffs.values()), "per_signature": diffs,
           "tolerance": tolerance, "output": output_key,
@@ -252,8 +251,7 @@ def export_checkpoint(checkpoint: str, name: str, repo: str | os.PathLike, *,
     with _step("write warmup requests"):
       records = warmup.write(extra / warmup.FILENAME, name, image_size, batch_sizes)
     with _step("verify SavedModel against JAX"):
-      check = verify(tmp, apply_fn, params, image_size,
-                     "logits" if kind == "classifier" else "features")
+      check = verify(tmp, apply_fn, params, image_size, contract.MODEL_OUTPUT[kind])
     log.info("max |SavedModel - JAX| = %.3g (tolerance %.3g)", check["max_abs_diff"],
              check["tolerance"])
     if not check["max_abs_diff"] <= check["tolerance"]:
@@ -270,7 +268,7 @@ def export_checkpoint(checkpoint: str, name: str, repo: str | os.PathLike, *,
                    "from": os.fspath(labels) if isinstance(labels, (str, os.PathLike))
                    else ("argument" if labels is not None else "default")}
         if names is not None else None,
-        "signatures": list(signatures.SIGNATURES),
+        "signatures": [spec.name for spec in contract.SIGNATURES],
         "preprocessing": "bilinear resize to image_size (half-pixel centers, no "
                          "antialias, no crop), then (x - 127.5) / 127.5",
         "jax2tf": {"native_serialization_platforms": list(signatures.PLATFORMS),

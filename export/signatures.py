@@ -9,7 +9,10 @@ serializes the VJP too, so gradients flow through a re-loaded SavedModel. The
 batch dimension is polymorphic: one graph for every batch size (each new size
 is compiled by XLA on first use, which is why exports carry warmup requests).
 
-Signatures (inputs -> outputs, see DESIGN.md "SavedModel contract"):
+Signatures, inputs, outputs and in-graph preprocessing are the table in
+`clients.contract` (docs/design.md, "The SavedModel contract"); this module
+builds one tf.function per row, so a new row needs no code here unless it
+adds a preprocessing step (`_STEPS`):
 
   serving_default  images       float32 [b, S, S, 3], already preprocessed
   predict_uint8    images       uint8   [b, S, S, 3], raw pixels at size S
@@ -54,14 +57,15 @@ import numpy as np
 import tensorflow as tf
 from jax.experimental import jax2tf
 
+from clients import contract
+
 PLATFORMS = ("cpu", "cuda")
-SIGNATURES = ("serving_default", "predict_uint8", "predict_bytes")
-TOP_K = 5
 
 
 def scale_pixels(pixels: tf.Tensor) -> tf.Tensor:
   """uint8 (or float) pixel values in [0, 255] -> float32 in [-1, 1]."""
-  return (tf.cast(pixels, tf.float32) - 127.5) / 127.5
+  center = contract.PIXEL_CENTER
+  return (tf.cast(pixels, tf.float32) - center) / center
 
 
 def decode_and_resize(image_bytes: tf.Tensor, size: int) -> tf.Tensor:
@@ -116,8 +120,8 @@ def build_servable(apply_fn: Callable[[Any, jax.Array], jax.Array], params: Any,
   parameters (a tf.train.Checkpoint root, because tf.Module's properties of
   those names are not saved).
   """
-  if kind not in ("classifier", "features"):
-    raise ValueError(f"kind must be 'classifier' or 'features', got {kind!r}")
+  if kind not in contract.KINDS:
+    raise ValueError(f"kind must be one of {contract.KINDS}, got {kind!r}")
   converted = convert(apply_fn, image_size)
   obj = tf.train.Checkpoint()
   obj.params = to_variables(params)
@@ -137,7 +141,7 @@ def build_servable(apply_fn: Callable[[Any, jax.Array], jax.Array], params: Any,
     def outputs(images: tf.Tensor) -> dict[str, tf.Tensor]:
       logits = call(images)
       probabilities = tf.nn.softmax(logits, axis=-1)
-      k = min(TOP_K, len(labels))
+      k = min(contract.TOP_K, len(labels))
       scores, classes = tf.math.top_k(probabilities, k=k)
       return {"logits": logits, "probabilities": probabilities, "top_k_scores": scores,
               "top_k_classes": classes, "top_k_labels": tf.gather(label_table, classes)}
@@ -145,25 +149,48 @@ def build_servable(apply_fn: Callable[[Any, jax.Array], jax.Array], params: Any,
     def outputs(images: tf.Tensor) -> dict[str, tf.Tensor]:
       return {"features": call(images)}
 
-  @tf.function(autograph=False, input_signature=[
-      tf.TensorSpec([None, s, s, 3], tf.float32, name="images")])
-  def serving_default(images: tf.Tensor) -> dict[str, tf.Tensor]:
-    return outputs(images)
-
-  @tf.function(autograph=False, input_signature=[
-      tf.TensorSpec([None, s, s, 3], tf.uint8, name="images")])
-  def predict_uint8(images: tf.Tensor) -> dict[str, tf.Tensor]:
-    return outputs(scale_pixels(images))
-
-  @tf.function(autograph=False, input_signature=[
-      tf.TensorSpec([None], tf.string, name="image_bytes")])
-  def predict_bytes(image_bytes: tf.Tensor) -> dict[str, tf.Tensor]:
-    pixels = tf.map_fn(lambda b: decode_and_resize(b, s), image_bytes,
-                       fn_output_signature=tf.TensorSpec([s, s, 3], tf.float32))
-    return outputs(scale_pixels(pixels))
-
   obj.__call__ = call
-  signatures = {"serving_default": serving_default.get_concrete_function(),
-                "predict_uint8": predict_uint8.get_concrete_function(),
-                "predict_bytes": predict_bytes.get_concrete_function()}
-  return obj, signatures
+  return obj, {spec.name: _signature(spec, s, outputs) for spec in contract.SIGNATURES}
+
+
+def input_spec(spec: contract.SignatureContract, image_size: int) -> tf.TensorSpec:
+  """The TensorSpec of a contract row's input at a given image size."""
+  shape = [None if d == contract.BATCH else image_size if d == contract.SIZE else d
+           for d in spec.shape]
+  return tf.TensorSpec(shape, tf.dtypes.as_dtype(spec.dtype), name=spec.input_key)
+
+
+def _decode_resize(image_bytes: tf.Tensor, size: int) -> tf.Tensor:
+  return tf.map_fn(lambda b: decode_and_resize(b, size), image_bytes,
+                   fn_output_signature=tf.TensorSpec([size, size, 3], tf.float32))
+
+
+# The in-graph preprocessing steps a contract row may name, by name.
+_STEPS: dict[str, Callable[[tf.Tensor, int], tf.Tensor]] = {
+    contract.DECODE_RESIZE: _decode_resize,
+    contract.SCALE: lambda pixels, size: scale_pixels(pixels),
+}
+
+
+def _signature(spec: contract.SignatureContract, image_size: int,
+               outputs: Callable[[tf.Tensor], dict[str, tf.Tensor]]) -> Any:
+  """The concrete function of one contract row: its steps, then the model."""
+  @tf.function(autograph=False, input_signature=[input_spec(spec, image_size)])
+  def serve(value: tf.Tensor) -> dict[str, tf.Tensor]:
+    for step in spec.steps:
+      value = _STEPS[step](value, image_size)
+    return outputs(value)
+  return serve.get_concrete_function()
+
+
+def example_input(spec: contract.SignatureContract, pixels: np.ndarray) -> np.ndarray:
+  """What a client sends to `spec` for uint8 pixels [b, S, S, 3]: the pixels
+  scaled (no steps), as they are (SCALE only) or PNG-encoded (lossless, so
+  the graph decodes the same pixels). Warmup and verification build their
+  inputs with it, so every contract row gets one without code of its own."""
+  if not spec.steps:
+    center = np.float32(contract.PIXEL_CENTER)
+    return ((pixels.astype(np.float32) - center) / center).astype(spec.dtype)
+  if spec.steps[0] == contract.DECODE_RESIZE:
+    return np.array([tf.io.encode_png(p).numpy() for p in pixels], dtype=object)
+  return pixels.astype(spec.dtype)

@@ -5,10 +5,11 @@ of `tensorflow_serving.apis.PredictionLog` protos) when it loads a version,
 before the version becomes available. A jax2tf graph compiles its model with
 XLA once per new batch size, and the first request at each size pays that
 compile, so the file holds a Predict request per batch size the server is
-expected to see on `serving_default` (the path of preprocessed clients and of
-the A/B router), plus one small request on `predict_uint8` and
-`predict_bytes` so that their own (cheap) graphs are also built ahead of
-time. The images are deterministic noise; only shapes matter.
+expected to see on the contract's default signature (the path of
+preprocessed clients and of the A/B router), plus one small request on every
+other signature of `clients.contract.SIGNATURES` so that their own (cheap)
+graphs are also built ahead of time. The images are deterministic noise;
+only shapes matter.
 """
 
 from __future__ import annotations
@@ -19,6 +20,9 @@ from typing import Iterator, Sequence
 import numpy as np
 import tensorflow as tf
 from tensorflow_serving.apis import predict_pb2, prediction_log_pb2
+
+from clients import contract
+from export import signatures
 
 FILENAME = "tf_serving_warmup_requests"
 
@@ -37,14 +41,10 @@ def requests(name: str, image_size: int, batch_sizes: Sequence[int]
              ) -> Iterator[prediction_log_pb2.PredictionLog]:
   """The warmup requests for a model served as `name`."""
   rng = np.random.default_rng(0)
-  shape = (image_size, image_size, 3)
-  for b in batch_sizes:
-    images = rng.uniform(-1, 1, (b, *shape)).astype(np.float32)
-    yield _request(name, "serving_default", "images", images)
-  pixels = rng.integers(0, 256, (1, *shape), dtype=np.uint8)
-  yield _request(name, "predict_uint8", "images", pixels)
-  png = tf.io.encode_png(pixels[0]).numpy()
-  yield _request(name, "predict_bytes", "image_bytes", np.array([png], dtype=object))
+  for spec in contract.SIGNATURES:
+    for b in batch_sizes if spec == contract.DEFAULT else (1,):
+      pixels = rng.integers(0, 256, (b, image_size, image_size, 3), dtype=np.uint8)
+      yield _request(name, spec.name, spec.input_key, signatures.example_input(spec, pixels))
 
 
 def write(path: str | os.PathLike, name: str, image_size: int, batch_sizes: Sequence[int]

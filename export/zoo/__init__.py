@@ -23,9 +23,10 @@ import os
 from pathlib import Path
 from typing import Any
 
+from clients import contract
 from export import augreg, configs, download
 
-KINDS = ("classifier", "features")
+KINDS = contract.KINDS
 _SEED_FILE = Path(__file__).resolve().parent.parent / "data" / "seed_models.json"
 
 
