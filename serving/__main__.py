@@ -18,7 +18,8 @@ import threading
 
 def main(argv: list[str]) -> int:
   from serving import flags
-  values = flags.parse_or_exit(argv)
+  unknown: list[str] = []
+  values = flags.parse_or_exit(argv, unknown)
   logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                       format="%(asctime)s.%(msecs)03d: %(levelname).1s serving] %(message)s",
                       datefmt="%Y-%m-%d %H:%M:%S")
@@ -27,6 +28,9 @@ def main(argv: list[str]) -> int:
     from importlib.metadata import version
     print(f"TensorFlow ModelServer (embedded): {version('tensorflow-serving-api')}")
     return 0
+  for arg in unknown:
+    log.warning("Unknown command line flag or argument %r: ignored, as "
+                "tensorflow_model_server ignores it", arg)
   for name in flags.ignored(values):
     log.warning("--%s is accepted for compatibility but has no effect here", name)
   try:
@@ -52,12 +56,13 @@ def _configure_tensorflow(values: dict) -> None:
 
 
 def _serve(values: dict, log: logging.Logger) -> int:
-  from serving import config, grpc_service
-  from serving.batching import Batcher
+  import functools
+  from serving import config, grpc_service, inference
   from serving.core import Core
   from serving.metrics import Metrics
   from serving.model_manager import LoadOptions, ModelManager
   from serving.rest import RestServer
+  from serving.servable import Servable
 
   config_file = values["model_config_file"]
   if config_file:
@@ -79,7 +84,17 @@ def _serve(values: dict, log: logging.Logger) -> int:
       warmup_iterations=max(1, values["num_request_iterations_for_warmup"]),
       max_load_retries=values["max_num_load_retries"],
       load_retry_interval_s=values["load_retry_interval_micros"] / 1e6,
-      allow_labels_for_unavailable=values["allow_version_labels_for_unavailable_models"]))
+      allow_labels_for_unavailable=values["allow_version_labels_for_unavailable_models"]),
+      loader=functools.partial(
+          Servable.load,
+          read_batching_params=bool(batching and values["enable_per_model_batching_parameters"])))
+  # The core replays warmup records, so it exists before the first load.
+  core = Core(manager, metrics, batching=batching,
+              per_model_batching=values["enable_per_model_batching_parameters"],
+              options=inference.Options(
+                  method_name_check=values["enable_signature_method_name_check"],
+                  tensor_content=values["enable_serialization_as_tensor_content"]),
+              threads=values["grpc_max_threads"])
   manager.apply_config(server_config)
   fs_poll = values["file_system_poll_wait_seconds"]
   config_poll = values["model_config_file_poll_wait_seconds"] if config_file else 0
@@ -98,15 +113,12 @@ def _serve(values: dict, log: logging.Logger) -> int:
 
   manager.start_polling(fs_poll, reload_if_changed, config_poll)
 
-  batcher = Batcher(batching, metrics) if batching else None
-  core = Core(manager, metrics, batcher)
   bind = values["bind"]
   grpc_server = None
   if values["port"] or values["grpc_socket_path"]:
     grpc_server, port = grpc_service.start(
         core, bind=bind, port=values["port"], socket_path=values["grpc_socket_path"],
         channel_arguments=values["grpc_channel_arguments"],
-        max_threads=values["grpc_max_threads"] or grpc_service.default_max_threads(batching),
         health_service=values["enable_grpc_healthcheck_service"])
     if port:
       log.info("Running gRPC ModelServer at %s:%d ...", bind, port)
@@ -135,8 +147,7 @@ def _serve(values: dict, log: logging.Logger) -> int:
   if grpc_server is not None:
     grpc_server.stop(grace=2)
   manager.stop()
-  if batcher is not None:
-    batcher.stop()
+  core.stop()
   return 0
 
 

@@ -1,27 +1,27 @@
-"""Server-side dynamic batching, as TF Serving's `--enable_batching`.
+"""Server-side dynamic batching, as TF Serving's `--enable_batching`
+(batching/batching_session.cc): concurrent Session::Run calls with the same
+feeds and fetches are merged into one.
 
-Concurrent requests for the same model version and signature (and the same
-per-example shapes, so they can be stacked) wait in one queue; a pool of
-`num_batch_threads` workers takes a batch when `max_batch_size` examples are
-waiting or the oldest has waited `batch_timeout_micros`, pads it up to the
-next `allowed_batch_sizes` entry by repeating the first example (as TF
-Serving does), calls the model once, and hands each caller its own rows with
-the padding removed.  A full queue is UNAVAILABLE, an over-size task is
-INVALID_ARGUMENT, and a task whose deadline passes while queued never runs.
+Calls on the same servable with the same feed and fetch tensor names (and
+the same per-example shapes and dtypes, so they can be stacked) wait in one
+queue; a pool of `num_batch_threads` workers takes a batch when
+`execution_batch_size` examples are waiting or the oldest has waited
+`batch_timeout_micros`, pads it up to the next `allowed_batch_sizes` entry
+by repeating the first example (as TF Serving does), runs the session once,
+and hands each caller its own rows with the padding removed.  A task larger
+than `max_batch_size` is INVALID_ARGUMENT; with `enable_large_batch_splitting`
+a task larger than `max_execution_batch_size` is split into pieces that run
+in separate batches.  A full queue is UNAVAILABLE, and a task whose deadline
+passes while queued never runs.
 
-Batching only pays when what it saves (one model call per batch instead of
-one per request) exceeds what it adds per request, so the per-request path
-is kept to a few cheap steps: a request wakes a worker only when its queue
-becomes ready or needs a new timer (not on every arrival), each caller waits
-on a plain pre-acquired lock that the worker releases (no Event/Condition
-objects per request), a caller that gives up takes its own task out of the
-queue (so workers never scan for abandoned tasks), the batch is copied once
-into a preallocated array, padding included, and each caller cuts its own
-rows out of the outputs, off the batch thread.  An asyncio caller (the gRPC
-front end) uses `submit` instead: it holds no thread while it waits, and a
-batch wakes its event loop once for all of its futures, since a thread per
+Callers are coroutines (`submit`): a waiting request holds no thread, and a
+batch wakes each event loop once for all of its futures, since a thread per
 waiting request cost more in wake-ups than the rest of a batched request
-(benchmarks/bench_serving.py measures it).
+(benchmarks/bench_serving.py measures it).  The per-request path is kept to
+a few cheap steps: a worker is woken only when a queue becomes ready or
+needs a new timer, a caller that gives up takes its own task out of the
+queue, the batch is copied once into a preallocated array, padding
+included, and each caller cuts its own rows out of the outputs.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ import asyncio
 import collections
 import threading
 import time
-from typing import Mapping
+from typing import Mapping, Sequence
 
 import numpy as np
 
@@ -41,37 +41,35 @@ from serving.servable import Servable
 
 
 class _Task:
-  __slots__ = ("inputs", "size", "enqueued", "finished", "outputs", "offset", "error", "queued",
-               "future")
+  __slots__ = ("feeds", "size", "enqueued", "future", "outputs", "offset", "error", "queued")
 
-  def __init__(self, inputs: Mapping[str, np.ndarray], size: int):
-    self.inputs = inputs
+  def __init__(self, feeds: Mapping[str, np.ndarray], size: int, future: asyncio.Future):
+    self.feeds = feeds
     self.size = size
     self.enqueued = time.monotonic()
-    self.finished = threading.Lock()   # held until the worker has set outputs or error
-    self.finished.acquire()
+    self.future = future
     self.outputs: dict[str, np.ndarray] = {}     # the whole batch's
     self.offset = 0                               # where this task's rows start
     self.error: ServingError | None = None
     self.queued = True                 # False once a worker took it
-    self.future: asyncio.Future | None = None    # set for `submit`'s callers instead
 
 
 class _Queue:
 
-  def __init__(self, servable: Servable, signature: str):
+  def __init__(self, servable: Servable, fetches: tuple[str, ...]):
     self.servable = servable
-    self.signature = signature
+    self.fetches = fetches
     self.tasks: collections.deque[_Task] = collections.deque()
     self.size = 0
 
 
 class Batcher:
-  """Callable like `Servable.call`, plus a deadline; shared by all models."""
+  """Batches `Servable.run` calls; one per distinct BatchingOptions."""
 
   def __init__(self, options: BatchingOptions, metrics: Metrics | None = None):
     self.options = options
     self.metrics = metrics
+    self._limit = options.execution_batch_size
     self._timeout_s = options.batch_timeout_micros / 1e6
     self._cond = threading.Condition()
     self._queues: dict[tuple, _Queue] = {}
@@ -81,62 +79,65 @@ class Batcher:
     for w in self._workers:
       w.start()
 
-  def __call__(self, servable: Servable, signature: str, inputs: Mapping[str, np.ndarray],
-               deadline: float | None = None) -> dict[str, np.ndarray]:
-    if _batch_size(inputs) == 0:
-      return servable.call(signature, inputs)     # nothing to batch with
-    queue, task = self._enqueue(servable, signature, inputs, None)
-    timeout = -1 if deadline is None else max(0.0, deadline - time.monotonic())
-    if not task.finished.acquire(timeout=timeout):
-      self._abandon(queue, task)
-      task.finished.acquire()       # already running: its result is moments away
-    return _result(task)
+  async def submit(self, servable: Servable, feeds: Mapping[str, np.ndarray],
+                   fetches: Sequence[str], deadline: float | None = None
+                   ) -> dict[str, np.ndarray]:
+    """`servable.run(feeds, fetches)`, batched with concurrent calls."""
+    size = _batch_size(feeds)
+    if size == 0:                       # nothing to batch with
+      return await asyncio.get_running_loop().run_in_executor(
+          None, servable.run, feeds, fetches)
+    if size > self.options.max_batch_size:
+      raise invalid_argument(f"Task size {size} is larger than maximum input batch size "
+                             f"{self.options.max_batch_size}")
+    if self.metrics:
+      self.metrics.input_batch_size.observe(size)
+    fetches = tuple(fetches)
+    if size <= self._limit:
+      return await self._one(servable, feeds, fetches, size, deadline)
+    pieces = [{k: v[start:start + self._limit] for k, v in feeds.items()}
+              for start in range(0, size, self._limit)]
+    parts = await asyncio.gather(*(
+        self._one(servable, piece, fetches, _batch_size(piece), deadline) for piece in pieces))
+    return {name: np.concatenate([p[name] for p in parts]) for name in fetches}
 
-  async def submit(self, servable: Servable, signature: str, inputs: Mapping[str, np.ndarray],
-                   deadline: float | None = None) -> dict[str, np.ndarray]:
-    """`__call__` for an asyncio caller: the batch thread settles a future on
-    the caller's event loop (one loop wake-up per batch), so a waiting request
-    holds no thread."""
-    if _batch_size(inputs) == 0:
-      return await asyncio.to_thread(servable.call, signature, inputs)
+  async def _one(self, servable: Servable, feeds: Mapping[str, np.ndarray],
+                 fetches: tuple[str, ...], size: int, deadline: float | None
+                 ) -> dict[str, np.ndarray]:
     future = asyncio.get_running_loop().create_future()
-    queue, task = self._enqueue(servable, signature, inputs, future)
+    queue, task = self._enqueue(servable, feeds, fetches, size, future)
     timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
     try:
       await asyncio.wait_for(asyncio.shield(future), timeout)
     except asyncio.TimeoutError:
       self._abandon(queue, task)
       await future
-    return _result(task)
+    if task.error is not None:
+      raise task.error
+    end = task.offset + task.size     # this caller's rows, cut here rather than by the batch thread
+    return {k: v[task.offset:end] for k, v in task.outputs.items()}
 
-  def _enqueue(self, servable: Servable, signature: str, inputs: Mapping[str, np.ndarray],
-               future: asyncio.Future | None) -> tuple[_Queue, _Task]:
-    size = _batch_size(inputs)
-    opts = self.options
-    if size > opts.max_batch_size:
-      raise invalid_argument(
-          f"Task size {size} is larger than maximum input batch size {opts.max_batch_size}")
-    if self.metrics:
-      self.metrics.input_batch_size.observe(size, servable.name, signature)
-    key = (id(servable), signature,
-           tuple((k, v.dtype.str, v.shape[1:]) for k, v in sorted(inputs.items())))
-    task = _Task(inputs, size)
-    task.future = future
+  def _enqueue(self, servable: Servable, feeds: Mapping[str, np.ndarray],
+               fetches: tuple[str, ...], size: int, future: asyncio.Future
+               ) -> tuple[_Queue, _Task]:
+    key = (id(servable), fetches,
+           tuple((k, v.dtype.str, v.shape[1:]) for k, v in sorted(feeds.items())))
+    task = _Task(feeds, size, future)
     with self._cond:
       if self._stopping:
         raise unavailable("The server is shutting down")
       queue = self._queues.get(key)
       if queue is None:
-        queue = self._queues[key] = _Queue(servable, signature)
-      batches = -(-(queue.size + size) // opts.max_batch_size)
-      if batches > opts.max_enqueued_batches:
+        queue = self._queues[key] = _Queue(servable, fetches)
+      batches = -(-(queue.size + size) // self._limit)
+      if batches > self.options.max_enqueued_batches:
         raise unavailable("The batch scheduling queue to which this task was submitted is full")
       queue.tasks.append(task)
       queue.size += size
       # An idle worker sleeps until the earliest timer of the queues it saw,
       # so it needs waking only for a new timer (first task of a queue) or a
       # full batch; the other arrivals change nothing it waits for.
-      if len(queue.tasks) == 1 or queue.size >= opts.max_batch_size:
+      if len(queue.tasks) == 1 or queue.size >= self._limit:
         self._cond.notify()
     return queue, task
 
@@ -178,7 +179,7 @@ class Batcher:
           continue
         oldest = queue.tasks[0].enqueued
         due = oldest + self._timeout_s
-        if queue.size >= self.options.max_batch_size or due <= now:
+        if queue.size >= self._limit or due <= now:
           if ready is None or oldest < ready.tasks[0].enqueued:
             ready = queue
         else:
@@ -193,7 +194,7 @@ class Batcher:
 
   def _take(self, queue: _Queue) -> list[_Task]:
     batch, total = [], 0
-    while queue.tasks and total + queue.tasks[0].size <= self.options.max_batch_size:
+    while queue.tasks and total + queue.tasks[0].size <= self._limit:
       task = queue.tasks.popleft()
       queue.size -= task.size
       task.queued = False
@@ -221,15 +222,19 @@ class Batcher:
   def _run(self, queue: _Queue, tasks: list[_Task]) -> None:
     total = sum(t.size for t in tasks)
     padded = next((b for b in self.options.allowed_batch_sizes if b >= total), total)
-    if len(tasks) == 1 and padded == total:
-      inputs = tasks[0].inputs
-    else:
-      inputs = {name: _stack([t.inputs[name] for t in tasks], total, padded)
-                for name in tasks[0].inputs}
-    outputs = queue.servable.call(queue.signature, inputs)
     if self.metrics:
-      self.metrics.record_batch(model=queue.servable.name, signature=queue.signature,
-                                inputs=total, padded=padded)
+      now = time.monotonic()
+      for t in tasks:
+        self.metrics.queuing_latency.observe((now - t.enqueued) * 1e6,
+                                             self.options.thread_pool_name)
+    if len(tasks) == 1 and padded == total:
+      feeds = tasks[0].feeds
+    else:
+      feeds = {name: _stack([t.feeds[name] for t in tasks], total, padded)
+               for name in tasks[0].feeds}
+    outputs = queue.servable.run(feeds, queue.fetches)
+    if self.metrics:
+      self.metrics.record_batch(inputs=total, padded=padded)
     for name, value in outputs.items():
       if value.ndim == 0 or value.shape[0] != padded:
         raise invalid_argument(
@@ -243,14 +248,10 @@ class Batcher:
 
 
 def _finish(tasks: list[_Task]) -> None:
-  """Wakes the callers of `tasks`: threads one by one, asyncio callers with
-  one call per event loop."""
+  """Wakes the callers of `tasks` with one call per event loop."""
   by_loop: dict[asyncio.AbstractEventLoop, list[asyncio.Future]] = {}
   for t in tasks:
-    if t.future is None:
-      t.finished.release()
-    else:
-      by_loop.setdefault(t.future.get_loop(), []).append(t.future)
+    by_loop.setdefault(t.future.get_loop(), []).append(t.future)
   for loop, futures in by_loop.items():
     try:
       loop.call_soon_threadsafe(_settle, futures)
@@ -264,13 +265,6 @@ def _settle(futures: list[asyncio.Future]) -> None:
       f.set_result(None)
 
 
-def _result(task: _Task) -> dict[str, np.ndarray]:
-  if task.error is not None:
-    raise task.error
-  end = task.offset + task.size     # this caller's rows, cut here rather than by the batch thread
-  return {k: v[task.offset:end] for k, v in task.outputs.items()}
-
-
 def _stack(parts: list[np.ndarray], total: int, padded: int) -> np.ndarray:
   """The parts one after another in a new [padded, ...] array, the rows past
   `total` filled with copies of the first row: two numpy calls, no Python
@@ -282,9 +276,10 @@ def _stack(parts: list[np.ndarray], total: int, padded: int) -> np.ndarray:
   return out
 
 
-def _batch_size(inputs: Mapping[str, np.ndarray]) -> int:
+def _batch_size(feeds: Mapping[str, np.ndarray]) -> int:
+  """batching/batching_util.cc: every input needs the same 0th dimension."""
   sizes = set()
-  for value in inputs.values():
+  for value in feeds.values():
     if value.ndim == 0:
       raise invalid_argument("Batching session Run() input tensors must have at least one "
                              "dimension")

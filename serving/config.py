@@ -115,35 +115,59 @@ class BatchingOptions:
   num_batch_threads: int = max(1, len(os.sched_getaffinity(0)))
   allowed_batch_sizes: tuple[int, ...] = ()
   pad_variable_length_inputs: bool = False
+  thread_pool_name: str = ""
+  enable_large_batch_splitting: bool = False
+  max_execution_batch_size: int = 0      # 0: max_batch_size
+
+  @property
+  def execution_batch_size(self) -> int:
+    """The largest batch one model call runs: max_batch_size, or with
+    splitting max_execution_batch_size (a larger request is split)."""
+    if self.enable_large_batch_splitting and self.max_execution_batch_size:
+      return self.max_execution_batch_size
+    return self.max_batch_size
 
   @classmethod
   def from_proto(cls, p) -> "BatchingOptions":
     d = cls()
+
+    def get(field: str):
+      return getattr(p, field).value if p.HasField(field) else getattr(d, field)
     opts = cls(
-        max_batch_size=p.max_batch_size.value if p.HasField("max_batch_size") else d.max_batch_size,
-        batch_timeout_micros=(p.batch_timeout_micros.value if p.HasField("batch_timeout_micros")
-                              else d.batch_timeout_micros),
-        max_enqueued_batches=(p.max_enqueued_batches.value if p.HasField("max_enqueued_batches")
-                              else d.max_enqueued_batches),
-        num_batch_threads=(p.num_batch_threads.value if p.HasField("num_batch_threads")
-                           else d.num_batch_threads),
+        max_batch_size=get("max_batch_size"),
+        batch_timeout_micros=get("batch_timeout_micros"),
+        max_enqueued_batches=get("max_enqueued_batches"),
+        num_batch_threads=get("num_batch_threads"),
         allowed_batch_sizes=tuple(p.allowed_batch_sizes),
-        pad_variable_length_inputs=p.pad_variable_length_inputs)
+        pad_variable_length_inputs=p.pad_variable_length_inputs,
+        thread_pool_name=get("thread_pool_name"),
+        enable_large_batch_splitting=get("enable_large_batch_splitting"),
+        max_execution_batch_size=get("max_execution_batch_size"))
     opts.validate()
     return opts
 
   def validate(self) -> None:
+    """batching/batching_session.cc CreateBasicBatchingSession's checks."""
     if self.max_batch_size < 1 or self.num_batch_threads < 1 or self.max_enqueued_batches < 1:
       raise invalid_argument(
           "max_batch_size, num_batch_threads and max_enqueued_batches must be positive")
+    if self.execution_batch_size > self.max_batch_size or self.execution_batch_size < 1:
+      raise invalid_argument(
+          f"max_execution_batch_size ({self.execution_batch_size}) must be between 1 and "
+          f"max_batch_size ({self.max_batch_size})")
     sizes = self.allowed_batch_sizes
     if sizes:
       if any(b <= a for a, b in zip(sizes, sizes[1:])) or sizes[0] < 1:
         raise invalid_argument("allowed_batch_sizes entries must be monotonically increasing")
-      if sizes[-1] != self.max_batch_size:
+      if self.enable_large_batch_splitting:
+        if sizes[-1] != self.execution_batch_size:
+          raise invalid_argument(
+              "Last entry in allowed_batch_sizes must be equal to max_execution_batch_size; "
+              f"last entry was {sizes[-1]}; expected {self.execution_batch_size}")
+      elif sizes[-1] != self.max_batch_size:
         raise invalid_argument(
-            "final entry in allowed_batch_sizes must equal max_batch_size when "
-            "enable_large_batch_splitting is false")
+            "Last entry in allowed_batch_sizes must match max_batch_size; last entry was "
+            f"{sizes[-1]}; expected {self.max_batch_size}")
 
 
 def read_batching_options(path: str) -> BatchingOptions:

@@ -1,75 +1,284 @@
-"""The request logic both front ends share: resolve the ModelSpec, check the
-inputs against the signature, run (batched or not), record metrics.
+"""The one request path every front end shares: gRPC, REST and model warmup.
 
-Requests and responses are TF Serving's own proto messages; REST builds
-arrays from JSON and calls `predict_arrays` directly (no detour through
-TensorProto), everything else goes through the same methods as gRPC.
+Each public method takes TF Serving's request proto and returns its response
+proto (or raises ServingError), and is a coroutine that works on whichever
+asyncio loop awaits it: blocking work (model calls, config reloads) runs on
+the core's thread pool, and batched model calls wait for their batch on the
+caller's loop (Batcher.submit), so a waiting request holds no thread.
+
+A request is resolved to a servable, observed (TF Serving's metrics: see
+metrics.py) and executed directly or through the batcher that applies to
+its servable; the API logic itself lives in inference.py.
 """
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import contextlib
 import dataclasses
+import functools
+import logging
+import os
+import threading
 import time
-from typing import TYPE_CHECKING, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any, Awaitable, Callable, Iterator, Mapping, Sequence
 
 import numpy as np
+import tensorflow as tf
 from tensorflow_serving.apis import (classification_pb2, get_model_metadata_pb2,
                                      get_model_status_pb2, inference_pb2, model_management_pb2,
-                                     model_pb2, predict_pb2, regression_pb2, status_pb2)
+                                     model_pb2, predict_pb2, prediction_log_pb2, regression_pb2,
+                                     status_pb2)
 from tensorflow_serving.config import model_server_config_pb2
 
-from serving import tensors
-from serving.config import validate_model_server_config
+from serving import inference, tensors
+from serving.batching import Batcher
+from serving.config import BatchingOptions, validate_model_server_config
 from serving.errors import ServingError, deadline_exceeded, invalid_argument
 from serving.metrics import Metrics
 from serving.model_manager import ModelManager, VersionState
-from serving.servable import CLASSIFY_METHOD, REGRESS_METHOD, Servable
+from serving.servable import Servable
 
-if TYPE_CHECKING:
-  from serving.batching import Batcher
+log = logging.getLogger("serving")
 
-_STATES = {name: value for name, value in
-           get_model_status_pb2.ModelVersionStatus.State.items()}
+_STATES = dict(get_model_status_pb2.ModelVersionStatus.State.items())
+# servables/tensorflow/saved_model_warmup_util.cc: the warmup file and its cap.
+WARMUP_FILE = Path("assets.extra") / "tf_serving_warmup_requests"
+MAX_WARMUP_RECORDS = 1000
+APIS = ("grpc", "rest")
 
 
 @dataclasses.dataclass
 class _Call:
-  """What the metrics learn about a request as it is handled."""
-  model: str
-  api: str
-  entrypoint: str
+  """What the metrics learn about a request while it is handled."""
   version: int | None = None
   signature: str = ""
 
 
 class Core:
+  """TF Serving's ServerCore plus its service implementations."""
 
-  def __init__(self, manager: ModelManager, metrics: Metrics,
-               executor: "Batcher | None" = None):
-    """`executor`: the batcher with --enable_batching; None calls the model
-    directly."""
+  def __init__(self, manager: ModelManager, metrics: Metrics, *,
+               batching: BatchingOptions | None = None, per_model_batching: bool = False,
+               options: inference.Options | None = None, threads: int = 0):
+    """`batching`: --enable_batching's parameters (None: off); with
+    `per_model_batching` (--enable_per_model_batching_parameters) a version
+    is batched only with the batching_params.pbtxt it was loaded with.
+    `threads`: the pool for blocking calls (0: 4 x cores, at least 8)."""
     self.manager = manager
     self.metrics = metrics
-    self.executor = executor
+    self.options = options or inference.Options()
+    self._batching = batching
+    self._per_model = per_model_batching
+    self._batchers: dict[BatchingOptions, Batcher] = {}
+    self._lock = threading.Lock()
+    self._pool = concurrent.futures.ThreadPoolExecutor(
+        threads or max(8, 4 * len(os.sched_getaffinity(0))), "core")
+    manager.warmup = self.warmup
 
-  # ----------------------------------------------------------------- helpers
+  def stop(self) -> None:
+    """Fails queued batched requests (UNAVAILABLE) and ends the pool."""
+    with self._lock:
+      batchers = list(self._batchers.values())
+    for batcher in batchers:
+      batcher.stop()
+    self._pool.shutdown(wait=False, cancel_futures=True)
 
-  def execute(self, servable: Servable, key: str, inputs: Mapping[str, np.ndarray],
-              deadline: float | None) -> dict[str, np.ndarray]:
-    if deadline is not None and time.monotonic() >= deadline:
-      raise deadline_exceeded()
-    if self.executor is not None:
-      return self.executor(servable, key, inputs, deadline)
-    return servable.call(key, inputs)
+  # ---------------------------------------------------------------- requests
 
-  def resolve(self, spec: model_pb2.ModelSpec) -> Servable:
+  async def predict(self, request: predict_pb2.PredictRequest, *, api: str = "grpc",
+                    deadline: float | None = None) -> predict_pb2.PredictResponse:
+    """PredictionService.Predict (predict_impl.cc)."""
+    return await self._infer("Predict", request, request.model_spec, api, deadline,
+                             inference.predict)
+
+  async def classify(self, request: classification_pb2.ClassificationRequest, *,
+                     api: str = "grpc", deadline: float | None = None
+                     ) -> classification_pb2.ClassificationResponse:
+    """PredictionService.Classify (classification_service.cc)."""
+    return await self._infer("Classify", request, request.model_spec, api, deadline,
+                             inference.classify)
+
+  async def regress(self, request: regression_pb2.RegressionRequest, *, api: str = "grpc",
+                    deadline: float | None = None) -> regression_pb2.RegressionResponse:
+    """PredictionService.Regress (regression_service.cc)."""
+    return await self._infer("Regress", request, request.model_spec, api, deadline,
+                             inference.regress)
+
+  async def multi_inference(self, request: inference_pb2.MultiInferenceRequest, *,
+                            api: str = "grpc", deadline: float | None = None
+                            ) -> inference_pb2.MultiInferenceResponse:
+    """PredictionService.MultiInference (multi_inference_helper.cc: the first
+    task's ModelSpec picks the servable; TF Serving records no request
+    metrics for it)."""
+    spec = request.tasks[0].model_spec if request.tasks else model_pb2.ModelSpec()
+    with self._observe("MultiInference", None, spec.name, api) as call:
+      servable = self._resolve(spec)
+      call.version = servable.version
+      return await inference.multi_inference(servable, request, self._runner(servable, deadline),
+                                             self.options)
+
+  async def metadata(self, request: get_model_metadata_pb2.GetModelMetadataRequest, *,
+                     api: str = "grpc") -> get_model_metadata_pb2.GetModelMetadataResponse:
+    """PredictionService.GetModelMetadata (get_model_metadata_impl.cc)."""
+    with self._observe("GetModelMetadata", _rest_get(api), request.model_spec.name,
+                       api) as call:
+      _require_spec(request)
+      if not request.metadata_field:
+        raise invalid_argument("GetModelMetadataRequest must specify at least one "
+                               "metadata_field")
+      for field in request.metadata_field:
+        if field != "signature_def":
+          raise invalid_argument(f"Metadata field {tensors.clip(field)} is not supported")
+      servable = self._resolve(request.model_spec)
+      call.version = servable.version
+      response = get_model_metadata_pb2.GetModelMetadataResponse()
+      response.model_spec.name = servable.name
+      response.model_spec.version.value = servable.version
+      signatures = get_model_metadata_pb2.SignatureDefMap()
+      for key, sig in servable.signature_defs.items():
+        signatures.signature_def[key].CopyFrom(sig)
+      response.metadata["signature_def"].Pack(signatures)
+      return response
+
+  async def status(self, request: get_model_status_pb2.GetModelStatusRequest, *,
+                   api: str = "grpc") -> get_model_status_pb2.GetModelStatusResponse:
+    """ModelService.GetModelStatus (get_model_status_impl.cc)."""
+    with self._observe("GetModelStatus", _rest_get(api), request.model_spec.name, api,
+                       per_version=False):
+      _require_spec(request)
+      spec = request.model_spec
+      version = spec.version.value if spec.HasField("version") else None
+      states = self.manager.status(spec.name, version, spec.version_label)
+      response = get_model_status_pb2.GetModelStatusResponse()
+      for vs in states:
+        _fill_status(response.model_version_status.add(), vs)
+      return response
+
+  async def reload(self, request: model_management_pb2.ReloadConfigRequest
+                   ) -> model_management_pb2.ReloadConfigResponse:
+    """ModelService.HandleReloadConfigRequest (model_service_impl.cc)."""
+    config = model_server_config_pb2.ModelServerConfig()
+    config.CopyFrom(request.config)
+    validate_model_server_config(config, "ReloadConfigRequest")
+    await self._blocking(self.manager.apply_config, config)
+    return model_management_pb2.ReloadConfigResponse(
+        status=status_pb2.StatusProto(error_code=0, error_message=""))
+
+  def signature_defs(self, spec: model_pb2.ModelSpec) -> Mapping[str, Any]:
+    """The SignatureDefs of the version `spec` resolves to: what the REST
+    front end needs to read JSON into tensors of the right dtypes
+    (http_rest_api_handler.cc resolves the servable for it too)."""
+    return self._resolve(spec).signature_defs
+
+  # ------------------------------------------------------------------ warmup
+
+  def warmup(self, servable: Servable, iterations: int = 1) -> int:
+    """Replays the version's assets.extra/tf_serving_warmup_requests through
+    the request path (batched if requests would be), before the version is
+    AVAILABLE; the number of records.  Blocking: called by the loader.
+
+    As in TF Serving (saved_model_warmup_util.cc) warmup requests run on the
+    servable directly and are not counted as requests."""
+    path = servable.path / WARMUP_FILE
+    if not path.exists():
+      return 0
+    try:
+      records = [bytes(r.numpy()) for r in
+                 tf.data.TFRecordDataset(str(path)).take(MAX_WARMUP_RECORDS + 1)]
+    except tf.errors.OpError as e:
+      raise invalid_argument(f"Cannot read warmup records {path}: {e.message}") from None
+    if len(records) > MAX_WARMUP_RECORDS:
+      raise invalid_argument(
+          f"Number of warmup records exceeds the maximum ({MAX_WARMUP_RECORDS}) at {path}")
+    asyncio.run(self._replay(servable, records, iterations, path))
+    return len(records)
+
+  async def _replay(self, servable: Servable, records: Sequence[bytes], iterations: int,
+                    path: Path) -> None:
+    run = self._runner(servable, None)
+    for number, record in enumerate(records, 1):
+      try:
+        entry = prediction_log_pb2.PredictionLog.FromString(record)
+        kind = entry.WhichOneof("log_type")
+        if kind == "predict_log":
+          call = functools.partial(inference.predict, servable, entry.predict_log.request)
+        elif kind == "classify_log":
+          call = functools.partial(inference.classify, servable, entry.classify_log.request)
+        elif kind == "regress_log":
+          call = functools.partial(inference.regress, servable, entry.regress_log.request)
+        elif kind == "multi_inference_log":
+          call = functools.partial(inference.multi_inference, servable,
+                                   entry.multi_inference_log.request)
+        else:
+          raise invalid_argument(f"Unsupported log_type for warmup: {kind}")
+        for _ in range(iterations):
+          await call(run, self.options)
+      except ServingError as e:
+        raise ServingError(e.code, f"Warmup request {number} of {path} failed: "
+                           f"{e.message}") from None
+      except Exception as e:  # noqa: BLE001  (DecodeError and the like: a bad file)
+        raise invalid_argument(f"Warmup request {number} of {path} failed: "
+                               f"{type(e).__name__}: {e}") from None
+
+  # --------------------------------------------------------------- internals
+
+  async def _infer(self, api_name: str, request: Any, spec: model_pb2.ModelSpec, api: str,
+                   deadline: float | None,
+                   method: Callable[..., Awaitable[Any]]) -> Any:
+    tf_api = api_name if api == "grpc" else api_name.lower()   # http_rest_api_handler.cc
+    with self._observe(api_name, tf_api, spec.name, api) as call:
+      _require_spec(request)
+      servable = self._resolve(spec)
+      call.version = servable.version
+      call.signature = inference.signature_key(spec.signature_name)
+      return await method(servable, request, self._runner(servable, deadline), self.options)
+
+  def _resolve(self, spec: model_pb2.ModelSpec) -> Servable:
+    """server_core.cc ServableRequestFromModelSpec, then the manager."""
+    if not spec.name:
+      raise invalid_argument("ModelSpec has no name specified.")
     version = spec.version.value if spec.HasField("version") else None
-    return self.manager.resolve(spec.name, version, spec.version_label)
+    try:
+      return self.manager.resolve(spec.name, version, spec.version_label)
+    except ServingError as e:          # messages quote the client's names
+      raise ServingError(e.code, tensors.clip(e.message, 1000)) from None
+
+  def _runner(self, servable: Servable, deadline: float | None) -> inference.Run:
+    """Session::Run for `servable`: through its batcher when batching
+    applies to it (bundle_factory_util.cc GetPerModelBatchingParams), else
+    on the pool."""
+    options = servable.batching if self._per_model else self._batching
+    if options is None:
+      async def run(feeds: Mapping[str, np.ndarray], fetches: Sequence[str]
+                    ) -> dict[str, np.ndarray]:
+        if deadline is not None and time.monotonic() >= deadline:
+          raise deadline_exceeded()
+        return await self._blocking(servable.run, feeds, fetches)
+      return run
+    batcher = self._batchers.get(options)
+    if batcher is None:
+      with self._lock:
+        batcher = self._batchers.get(options)
+        if batcher is None:
+          batcher = self._batchers[options] = Batcher(options, self.metrics)
+    return functools.partial(batcher.submit, servable, deadline=deadline)
+
+  def _blocking(self, fn: Callable[..., Any], *args: Any) -> Awaitable[Any]:
+    return asyncio.get_running_loop().run_in_executor(self._pool, functools.partial(fn, *args))
 
   @contextlib.contextmanager
-  def observe(self, model: str, api: str, entrypoint: str) -> Iterator[_Call]:
-    call = _Call(model, api, entrypoint)
+  def _observe(self, method: str, tf_api: str | None, model: str, api: str,
+               per_version: bool = True) -> Iterator[_Call]:
+    """Records a request as TF Serving does (prediction_service_impl.cc,
+    http_server.cc) under its API label `tf_api`, or not at all when it is
+    None (TF Serving records no gRPC metadata, status or MultiInference
+    calls); the per-version metrics record every call under `method`."""
+    if api not in APIS:
+      raise ValueError(f"api must be one of {APIS}, got {api!r}")
+    call = _Call()
     started = time.perf_counter()
     status = "OK"
     try:
@@ -82,170 +291,21 @@ class Core:
       raise
     finally:
       self.metrics.record_request(
-          model=model, version=call.version, signature=call.signature, api=api,
-          entrypoint=entrypoint, status=status,
+          model=model, version=call.version, signature=call.signature, method=method,
+          entrypoint=api.upper(), status=status, tf_api=tf_api, per_version=per_version,
           latency_us=(time.perf_counter() - started) * 1e6)
 
-  # ----------------------------------------------------------------- predict
 
-  def predict_arrays(self, servable: Servable, signature_name: str,
-                     inputs: Mapping[str, np.ndarray], output_filter: Sequence[str],
-                     deadline: float | None, call: _Call) -> tuple[str, dict[str, np.ndarray]]:
-    """(signature key, outputs) of a Predict on an already resolved servable."""
-    key, names = _check_predict(servable, signature_name, inputs, output_filter, call)
-    outputs = self.execute(servable, key, inputs, deadline)
-    return key, {n: outputs[n] for n in names}
-
-  def predict(self, request: predict_pb2.PredictRequest, entrypoint: str = "GRPC",
-              deadline: float | None = None) -> predict_pb2.PredictResponse:
-    with self.observe(request.model_spec.name, "Predict", entrypoint) as call:
-      servable = self.resolve(request.model_spec)
-      inputs = {k: tensors.to_numpy(v, k) for k, v in request.inputs.items()}
-      key, outputs = self.predict_arrays(servable, request.model_spec.signature_name, inputs,
-                                         request.output_filter, deadline, call)
-      return _predict_response(servable, key, outputs)
-
-  async def predict_batched(self, request: predict_pb2.PredictRequest, entrypoint: str = "GRPC",
-                            deadline: float | None = None) -> predict_pb2.PredictResponse:
-    """`predict` for an asyncio front end with --enable_batching: the same
-    steps, but the request waits for its batch on the event loop (see
-    Batcher.submit) instead of blocking a thread."""
-    assert self.executor is not None
-    with self.observe(request.model_spec.name, "Predict", entrypoint) as call:
-      servable = self.resolve(request.model_spec)
-      inputs = {k: tensors.to_numpy(v, k) for k, v in request.inputs.items()}
-      key, names = _check_predict(servable, request.model_spec.signature_name, inputs,
-                                  request.output_filter, call)
-      if deadline is not None and time.monotonic() >= deadline:
-        raise deadline_exceeded()
-      outputs = await self.executor.submit(servable, key, inputs, deadline)
-      return _predict_response(servable, key, {n: outputs[n] for n in names})
-
-  # --------------------------------------------------------- classify/regress
-
-  def classify(self, request: classification_pb2.ClassificationRequest,
-               entrypoint: str = "GRPC", deadline: float | None = None
-               ) -> classification_pb2.ClassificationResponse:
-    with self.observe(request.model_spec.name, "Classify", entrypoint) as call:
-      servable = self.resolve(request.model_spec)
-      key = self._note(call, servable, request.model_spec.signature_name)
-      result = servable.classify(key, request.input, self._executor_for(deadline))
-      response = classification_pb2.ClassificationResponse(result=result)
-      _fill_spec(response.model_spec, servable, key)
-      return response
-
-  def regress(self, request: regression_pb2.RegressionRequest, entrypoint: str = "GRPC",
-              deadline: float | None = None) -> regression_pb2.RegressionResponse:
-    with self.observe(request.model_spec.name, "Regress", entrypoint) as call:
-      servable = self.resolve(request.model_spec)
-      key = self._note(call, servable, request.model_spec.signature_name)
-      result = servable.regress(key, request.input, self._executor_for(deadline))
-      response = regression_pb2.RegressionResponse(result=result)
-      _fill_spec(response.model_spec, servable, key)
-      return response
-
-  def multi_inference(self, request: inference_pb2.MultiInferenceRequest,
-                      entrypoint: str = "GRPC", deadline: float | None = None
-                      ) -> inference_pb2.MultiInferenceResponse:
-    tasks = request.tasks
-    with self.observe(tasks[0].model_spec.name if tasks else "", "MultiInference",
-                      entrypoint) as call:
-      if not tasks:
-        raise invalid_argument("Tasks field is empty")
-      if len({t.model_spec.name for t in tasks}) > 1:
-        raise invalid_argument(
-            "All ModelSpecs in a MultiInferenceRequest must access the same model name.")
-      servable = self.resolve(tasks[0].model_spec)
-      seen: set[str] = set()
-      response = inference_pb2.MultiInferenceResponse()
-      execute = self._executor_for(deadline)
-      for task in tasks:
-        key = self._note(call, servable, task.model_spec.signature_name)
-        if key in seen:
-          raise invalid_argument(f"Duplicate evaluation of signature: {key}")
-        seen.add(key)
-        result = response.results.add()
-        _fill_spec(result.model_spec, servable, key)
-        if task.method_name == CLASSIFY_METHOD:
-          result.classification_result.CopyFrom(servable.classify(key, request.input, execute))
-        elif task.method_name == REGRESS_METHOD:
-          result.regression_result.CopyFrom(servable.regress(key, request.input, execute))
-        else:
-          raise invalid_argument(f"Unsupported signature method_name: {task.method_name}")
-      return response
-
-  def _note(self, call: _Call, servable: Servable, signature_name: str) -> str:
-    call.version = servable.version
-    call.signature = servable.signature(signature_name).key
-    return call.signature
-
-  def _executor_for(self, deadline: float | None):
-    return lambda servable, key, inputs: self.execute(servable, key, inputs, deadline)
-
-  # ---------------------------------------------------------------- metadata
-
-  def metadata(self, request: get_model_metadata_pb2.GetModelMetadataRequest,
-               entrypoint: str = "GRPC") -> get_model_metadata_pb2.GetModelMetadataResponse:
-    with self.observe(request.model_spec.name, "GetModelMetadata", entrypoint) as call:
-      if not request.metadata_field:
-        raise invalid_argument("GetModelMetadataRequest must specify at least one "
-                               "metadata_field")
-      for field in request.metadata_field:
-        if field != "signature_def":
-          raise invalid_argument(f"Metadata field {field} is not supported")
-      servable = self.resolve(request.model_spec)
-      call.version = servable.version
-      response = get_model_metadata_pb2.GetModelMetadataResponse()
-      response.model_spec.name = servable.name
-      response.model_spec.version.value = servable.version
-      response.metadata["signature_def"].Pack(servable.metadata())
-      return response
-
-  # ------------------------------------------------------------ model service
-
-  def status(self, request: get_model_status_pb2.GetModelStatusRequest
-             ) -> get_model_status_pb2.GetModelStatusResponse:
-    spec = request.model_spec
-    version = spec.version.value if spec.HasField("version") else None
-    states = self.manager.status(spec.name, version, spec.version_label)
-    response = get_model_status_pb2.GetModelStatusResponse()
-    for vs in states:
-      _fill_status(response.model_version_status.add(), vs)
-    return response
-
-  def reload(self, request: model_management_pb2.ReloadConfigRequest
-             ) -> model_management_pb2.ReloadConfigResponse:
-    config = model_server_config_pb2.ModelServerConfig()
-    config.CopyFrom(request.config)
-    validate_model_server_config(config, "ReloadConfigRequest")
-    self.manager.apply_config(config)
-    return model_management_pb2.ReloadConfigResponse(
-        status=status_pb2.StatusProto(error_code=0, error_message=""))
+def _rest_get(api: str) -> str | None:
+  """TF Serving counts REST GETs (status, metadata) with an empty API label:
+  http_rest_api_util.cc ParseModelInfo sets the method only for POSTs."""
+  return "" if api == "rest" else None
 
 
-def _check_predict(servable: Servable, signature_name: str, inputs: Mapping[str, np.ndarray],
-                   output_filter: Sequence[str], call: _Call) -> tuple[str, list[str]]:
-  """(signature key, output names) of a Predict whose inputs fit the signature."""
-  call.version = servable.version
-  sig = servable.signature(signature_name)
-  call.signature = sig.key
-  sig.check_inputs(inputs)
-  return sig.key, sig.check_output_filter(output_filter)
-
-
-def _predict_response(servable: Servable, key: str,
-                      outputs: Mapping[str, np.ndarray]) -> predict_pb2.PredictResponse:
-  response = predict_pb2.PredictResponse()
-  _fill_spec(response.model_spec, servable, key)
-  for name, value in outputs.items():
-    response.outputs[name].CopyFrom(tensors.to_proto(value))
-  return response
-
-
-def _fill_spec(spec: model_pb2.ModelSpec, servable: Servable, signature: str) -> None:
-  spec.name = servable.name
-  spec.version.value = servable.version
-  spec.signature_name = signature
+def _require_spec(request: Any) -> None:
+  """predict_impl.cc, classification_service.cc, ...: "Missing ModelSpec"."""
+  if not request.HasField("model_spec"):
+    raise invalid_argument("Missing ModelSpec")
 
 
 def _fill_status(out: get_model_status_pb2.ModelVersionStatus, vs: VersionState) -> None:
@@ -258,4 +318,4 @@ def _fill_status(out: get_model_status_pb2.ModelVersionStatus, vs: VersionState)
     out.status.error_code = 0
 
 
-__all__ = ["Core"]
+__all__ = ["APIS", "Core", "MAX_WARMUP_RECORDS", "WARMUP_FILE"]

@@ -4,8 +4,10 @@ A command line written for TF Serving must work unchanged, so the names,
 defaults and meanings are TF Serving's (model_servers/main.cc); flags that
 configure machinery we do not have (TPUs, TFLite, SSL, ...) are accepted and
 reported as ignored rather than rejected.  `--flag=value` and `--flag value`
-both work; booleans also take the bare `--flag` / `--noflag` forms; unknown
-flags are an error, as they are for TF Serving.  The one addition is
+both work; booleans also take the bare `--flag` / `--noflag` forms.  Unknown
+flags and stray arguments are reported and skipped, as TF's
+Flags::Parse leaves them for tensorflow_model_server (main.cc), which starts
+anyway; a bad value for a known flag stops start-up, as there.  The one addition is
 `--bind` (TF Serving always binds 0.0.0.0; we bind loopback unless told).
 """
 
@@ -61,14 +63,21 @@ FLAGS: dict[str, Flag] = {
     "monitoring_config_file": _f(str, "", "MonitoringConfig text proto"),
     "grpc_channel_arguments": _f(str, "", "comma-separated gRPC channel args, "
                                  "e.g. grpc.max_receive_message_length=100"),
-    "grpc_max_threads": _f(int, 0, "gRPC handler threads (0: 4 x cores, at least 8; with "
-                           "--enable_batching, enough to fill every batch thread's batches)"),
+    "grpc_max_threads": _f(int, 0, "threads for blocking request work (0: 4 x cores, at "
+                           "least 8)"),
     "saved_model_tags": _f(str, "serve", "comma-separated MetaGraph tags to load"),
     "tensorflow_intra_op_parallelism": _f(int, 0, "TF intra-op threads (0: auto)"),
     "tensorflow_inter_op_parallelism": _f(int, 0, "TF inter-op threads (0: auto)"),
     "tensorflow_session_parallelism": _f(int, 0, "TF threads for both pools (0: auto)"),
     "xla_cpu_compilation_enabled": _f(bool, False, "JIT-compile with XLA on CPU"),
     "enable_grpc_healthcheck_service": _f(bool, True, "serve grpc.health.v1.Health"),
+    "enable_signature_method_name_check": _f(
+        bool, False, "Classify/Regress/Predict only on signatures of their method_name"),
+    "enable_serialization_as_tensor_content": _f(
+        bool, False, "Predict responses carry values in tensor_content"),
+    "enable_per_model_batching_parameters": _f(
+        bool, False, "with --enable_batching, batch a version only with the "
+        "batching_params.pbtxt in its directory"),
     "version": _f(bool, False, "print the version and exit"),
     # Accepted so that TF Serving command lines run; no effect here.
     "num_load_threads": _f(int, 0, "", used=False),
@@ -83,7 +92,6 @@ FLAGS: dict[str, Flag] = {
     "prefer_tflite_model": _f(bool, False, "", used=False),
     "num_tflite_pools": _f(int, 1, "", used=False),
     "num_tflite_interpreters_per_pool": _f(int, 1, "", used=False),
-    "enable_signature_method_name_check": _f(bool, False, "", used=False),
     "xla_gpu_compilation_enabled": _f(bool, False, "", used=False),
     "enable_profiler": _f(bool, True, "", used=False),
     "thread_pool_factory_config_file": _f(str, "", "", used=False),
@@ -96,15 +104,18 @@ class FlagError(ValueError):
   """A command line tensorflow_model_server would reject."""
 
 
-def parse(argv: list[str]) -> dict[str, Any]:
-  """{flag name: value} for every flag, defaults filled in."""
+def parse(argv: list[str], unknown: list[str] | None = None) -> dict[str, Any]:
+  """{flag name: value} for every flag, defaults filled in; the arguments
+  that are no flag of ours are appended to `unknown` (if given)."""
   values = {name: flag.default for name, flag in FLAGS.items()}
+  skipped = [] if unknown is None else unknown
   i = 0
   while i < len(argv):
     arg = argv[i]
     i += 1
     if not arg.startswith("-") or arg in ("-", "--"):
-      raise FlagError(f"unexpected argument {arg!r} (flags look like --name=value)")
+      skipped.append(arg)
+      continue
     body = arg.lstrip("-")
     name, has_value, text = body.partition("=")
     flag = FLAGS.get(name)
@@ -115,7 +126,8 @@ def parse(argv: list[str]) -> dict[str, Any]:
       values[name[2:]] = False
       continue
     if flag is None:
-      raise FlagError(f"unknown command line flag '{name}'")
+      skipped.append(arg)
+      continue
     if not has_value:
       if flag.type is bool and (i >= len(argv) or argv[i].lower() not in _BOOLS):
         values[name] = True
@@ -155,12 +167,12 @@ def usage() -> str:
   return "\n".join(lines)
 
 
-def parse_or_exit(argv: list[str]) -> dict[str, Any]:
+def parse_or_exit(argv: list[str], unknown: list[str]) -> dict[str, Any]:
   if any(a in ("-h", "--help", "--helpfull") for a in argv):
     print(usage())
     sys.exit(0)
   try:
-    return parse(argv)
+    return parse(argv, unknown)
   except FlagError as e:
     print(f"ERROR: {e}\n\n{usage()}", file=sys.stderr)
     sys.exit(1)

@@ -1,41 +1,58 @@
-"""gRPC front end: TF Serving's PredictionService and ModelService through
-the official generated servicers, plus grpc.health.v1.
+"""gRPC front end: TF Serving's PredictionService and ModelService, plus
+grpc.health.v1.
 
-The server is grpc.aio on an event loop of its own thread.  Batched Predicts
-wait for their batch on that loop (Core.predict_batched), so a waiting
-request holds no thread and costs no thread wake-ups: with the synchronous
-server every request took a handler thread that slept in the batcher, and
-those hand-offs cost several times the Python gRPC server's own per-request
-CPU.  Everything else (unbatched Predict, the model calls, config reloads)
-blocks, so it runs on a thread pool of `max_threads`.
+The server is grpc.aio on an event loop of its own thread; every call awaits
+the core's coroutine (core.py), which runs blocking work on its own pool, so
+a waiting request holds no thread.
 
-Every failure leaves as the ServingError's status code and message; a bug
-becomes INTERNAL for that one call, never a dead server.  Message size
-limits default to TF Serving's (INT_MAX), so large 224 px batches fit, and
-`--grpc_channel_arguments` can change them.
+Requests are parsed here rather than by grpc's generated handlers, so that
+bytes that are not the method's protobuf are INVALID_ARGUMENT (with grpc's
+own deserializer they become an opaque server error).  Every failure leaves
+as the ServingError's status code and message, capped in length (a client's
+megabyte name must not overflow the trailer), with one log line; a bug
+becomes INTERNAL for that one call, with its traceback, never a dead server.
+Message size limits default to TF Serving's (INT_MAX), so large 224 px
+batches fit, and `--grpc_channel_arguments` can change them.
 """
 
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
-import functools
 import logging
-import os
 import threading
 import time
-from typing import Any, Awaitable, Callable
+from typing import Any, Callable
 
 import grpc
+from google.protobuf import message
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from tensorflow_serving.apis import model_service_pb2_grpc, prediction_service_pb2_grpc
+from tensorflow_serving.apis import (classification_pb2, get_model_metadata_pb2,
+                                     get_model_status_pb2, inference_pb2, model_management_pb2,
+                                     predict_pb2, regression_pb2)
 
-from serving.config import BatchingOptions
 from serving.core import Core
-from serving.errors import ServingError
+from serving.errors import ServingError, invalid_argument
 from serving.flags import INT_MAX
+from serving.tensors import clip
 
 log = logging.getLogger("serving")
+MAX_MESSAGE_CHARS = 4000
+
+
+class _Malformed:
+  """What a request that does not parse deserializes to."""
+
+  def __init__(self, error: Exception):
+    self.error = error
+
+
+def _parser(cls: type[message.Message]) -> Callable[[bytes], Any]:
+  def parse(data: bytes) -> Any:
+    try:
+      return cls.FromString(data)
+    except Exception as e:  # noqa: BLE001  (DecodeError, RecursionError, ...)
+      return _Malformed(e)
+  return parse
 
 
 def _deadline(context: grpc.aio.ServicerContext) -> float | None:
@@ -43,63 +60,57 @@ def _deadline(context: grpc.aio.ServicerContext) -> float | None:
   return None if remaining is None else time.monotonic() + remaining
 
 
-def _guard(method: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
-  @functools.wraps(method)
-  async def wrapper(self, request, context):
+def _handler(name: str, request_cls: type[message.Message],
+             response_cls: type[message.Message],
+             call: Callable[[Any, grpc.aio.ServicerContext], Any]) -> grpc.RpcMethodHandler:
+  async def handle(request: Any, context: grpc.aio.ServicerContext) -> Any:
     try:
-      return await method(self, request, context)
+      if isinstance(request, _Malformed):
+        raise invalid_argument(f"Could not parse the {request_cls.DESCRIPTOR.name}: "
+                               f"{clip(str(request.error) or type(request.error).__name__)}")
+      return await call(request, context)
     except ServingError as e:
-      await context.abort(e.code, e.message)
+      text = clip(e.message, MAX_MESSAGE_CHARS)
+      log.info("%s failed: %s: %s", name, e.code_name, clip(text, 300))
+      await context.abort(e.code, text)
     except Exception as e:  # noqa: BLE001  (one bad call must not hurt the others)
-      log.exception("internal error in %s", method.__name__)
-      await context.abort(grpc.StatusCode.INTERNAL, f"{type(e).__name__}: {e}")
-  return wrapper
+      log.exception("internal error in %s", name)
+      await context.abort(grpc.StatusCode.INTERNAL,
+                          clip(f"{type(e).__name__}: {e}", MAX_MESSAGE_CHARS))
+  return grpc.unary_unary_rpc_method_handler(
+      handle, request_deserializer=_parser(request_cls),
+      response_serializer=response_cls.SerializeToString)
 
 
-class _Service:
-
-  def __init__(self, core: Core, pool: concurrent.futures.ThreadPoolExecutor):
-    self.core = core
-    self.pool = pool
-
-  def blocking(self, fn: Callable[..., Any], *args: Any) -> Awaitable[Any]:
-    return asyncio.get_running_loop().run_in_executor(self.pool, functools.partial(fn, *args))
-
-
-class PredictionService(_Service, prediction_service_pb2_grpc.PredictionServiceServicer):
-
-  @_guard
-  async def Predict(self, request, context):
-    if self.core.executor is not None:
-      return await self.core.predict_batched(request, "GRPC", _deadline(context))
-    return await self.blocking(self.core.predict, request, "GRPC", _deadline(context))
-
-  @_guard
-  async def Classify(self, request, context):
-    return await self.blocking(self.core.classify, request, "GRPC", _deadline(context))
-
-  @_guard
-  async def Regress(self, request, context):
-    return await self.blocking(self.core.regress, request, "GRPC", _deadline(context))
-
-  @_guard
-  async def MultiInference(self, request, context):
-    return await self.blocking(self.core.multi_inference, request, "GRPC", _deadline(context))
-
-  @_guard
-  async def GetModelMetadata(self, request, context):
-    return await self.blocking(self.core.metadata, request, "GRPC")
-
-
-class ModelService(_Service, model_service_pb2_grpc.ModelServiceServicer):
-
-  @_guard
-  async def GetModelStatus(self, request, context):
-    return await self.blocking(self.core.status, request)
-
-  @_guard
-  async def HandleReloadConfigRequest(self, request, context):
-    return await self.blocking(self.core.reload, request)
+def _services(core: Core) -> list[grpc.GenericRpcHandler]:
+  prediction = {
+      "Predict": (predict_pb2.PredictRequest, predict_pb2.PredictResponse,
+                  lambda r, c: core.predict(r, api="grpc", deadline=_deadline(c))),
+      "Classify": (classification_pb2.ClassificationRequest,
+                   classification_pb2.ClassificationResponse,
+                   lambda r, c: core.classify(r, api="grpc", deadline=_deadline(c))),
+      "Regress": (regression_pb2.RegressionRequest, regression_pb2.RegressionResponse,
+                  lambda r, c: core.regress(r, api="grpc", deadline=_deadline(c))),
+      "MultiInference": (inference_pb2.MultiInferenceRequest,
+                         inference_pb2.MultiInferenceResponse,
+                         lambda r, c: core.multi_inference(r, api="grpc",
+                                                           deadline=_deadline(c))),
+      "GetModelMetadata": (get_model_metadata_pb2.GetModelMetadataRequest,
+                           get_model_metadata_pb2.GetModelMetadataResponse,
+                           lambda r, c: core.metadata(r, api="grpc")),
+  }
+  model = {
+      "GetModelStatus": (get_model_status_pb2.GetModelStatusRequest,
+                         get_model_status_pb2.GetModelStatusResponse,
+                         lambda r, c: core.status(r, api="grpc")),
+      "HandleReloadConfigRequest": (model_management_pb2.ReloadConfigRequest,
+                                    model_management_pb2.ReloadConfigResponse,
+                                    lambda r, c: core.reload(r)),
+  }
+  return [grpc.method_handlers_generic_handler(
+      service, {name: _handler(name, *spec) for name, spec in methods.items()})
+      for service, methods in (("tensorflow.serving.PredictionService", prediction),
+                               ("tensorflow.serving.ModelService", model))]
 
 
 def parse_channel_arguments(text: str) -> list[tuple[str, int | str]]:
@@ -113,53 +124,33 @@ def parse_channel_arguments(text: str) -> list[tuple[str, int | str]]:
   return out
 
 
-def default_max_threads(batching: BatchingOptions | None) -> int:
-  """Threads for blocking calls when --grpc_max_threads is 0: 4 x cores (at
-  least 8).
-
-  Batched gRPC Predicts wait on the event loop, but gRPC Classify, Regress
-  and MultiInference calls that the batcher serves hold one of these threads
-  while they wait, so with --enable_batching the threads also bound their
-  batches: enough for full batches on every batch thread plus one forming;
-  waiting threads cost no CPU.
-  """
-  threads = max(8, 4 * len(os.sched_getaffinity(0)))
-  if batching is not None:
-    threads = max(threads, min(1024, batching.max_batch_size * (batching.num_batch_threads + 1)))
-  return threads
-
-
 class Server:
   """A started grpc.aio server and the thread running its event loop."""
 
   def __init__(self, loop: asyncio.AbstractEventLoop, server: grpc.aio.Server,
-               thread: threading.Thread, pool: concurrent.futures.ThreadPoolExecutor):
-    self._loop, self._server, self._thread, self._pool = loop, server, thread, pool
+               thread: threading.Thread):
+    self._loop, self._server, self._thread = loop, server, thread
 
   def stop(self, grace: float) -> None:
     """Lets calls in flight finish for up to `grace` seconds, then ends them."""
     asyncio.run_coroutine_threadsafe(self._server.stop(grace), self._loop).result(grace + 5)
     self._loop.call_soon_threadsafe(self._loop.stop)
     self._thread.join(timeout=5)
-    self._pool.shutdown(wait=False, cancel_futures=True)
 
 
 def start(core: Core, *, bind: str, port: int, socket_path: str, channel_arguments: str,
-          max_threads: int, health_service: bool = True) -> tuple[Server, int | None]:
+          health_service: bool = True) -> tuple[Server, int | None]:
   """A started server and its bound TCP port (None when `port` is 0)."""
   options = {"grpc.max_receive_message_length": INT_MAX,
              "grpc.max_send_message_length": INT_MAX}
   options.update(parse_channel_arguments(channel_arguments))
-  pool = concurrent.futures.ThreadPoolExecutor(max_threads or default_max_threads(None), "grpc")
   loop = asyncio.new_event_loop()
   thread = threading.Thread(target=loop.run_forever, name="grpc-loop", daemon=True)
   thread.start()
 
   async def build() -> tuple[grpc.aio.Server, int | None]:
     server = grpc.aio.server(options=list(options.items()))
-    prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(
-        PredictionService(core, pool), server)
-    model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelService(core, pool), server)
+    server.add_generic_rpc_handlers(_services(core))
     if health_service:
       checker = health.aio.HealthServicer()
       for service in ("", "tensorflow.serving.PredictionService",
@@ -183,6 +174,5 @@ def start(core: Core, *, bind: str, port: int, socket_path: str, channel_argumen
   except BaseException:
     loop.call_soon_threadsafe(loop.stop)
     thread.join(timeout=5)
-    pool.shutdown(wait=False)
     raise
-  return Server(loop, server, thread, pool), bound
+  return Server(loop, server, thread), bound

@@ -1,13 +1,27 @@
-"""Request and batching metrics, exported in Prometheus' text format.
+"""Request, batching and load metrics, exported in Prometheus' text format.
 
-TF Serving's metric names and labels are kept where it has them
-(`:tensorflow:serving:request_count{model_name,status}`,
-`:tensorflow:serving:request_latency{model_name,API,entrypoint}` in
-microseconds, the batching histograms), so dashboards and alerts carry over.
+An operator's dashboards and alerts must carry over from tensorflow_model_server,
+so TF Serving's metrics keep its names (its exporter turns "/" into ":"),
+labels, units (microseconds) and semantics:
+
+- `:tensorflow:serving:request_count{model_name,status}`: Predict, Classify
+  and Regress over gRPC and REST, plus REST's model status/metadata GETs
+  (prediction_service_impl.cc, http_server.cc);
+- `:tensorflow:serving:request_latency{model_name,API,entrypoint}`: the same
+  calls, successful ones only; API is "Predict"/"Classify"/"Regress" on gRPC
+  and the lowercase URL verb on REST ("" for GETs);
+- `:tensorflow:serving:batching_session:*` (batching/batching_session.cc,
+  batching_util.h): input/processed batch sizes, padding per execution batch
+  size, queuing latency per thread pool, wrapped session runs;
+- `:tensorflow:cc:saved_model:load_attempt_count{model_path,status}` (status
+  "success"/"fail") and `load_latency{model_path}` (a counter of
+  microseconds of successful loads), as TF's SavedModel loader keeps them.
+
 TF Serving has no per-version request metrics; an A/B comparison needs them,
 so `:embedded_serving:request_count` / `:embedded_serving:request_latency`
-add `model_version` and `signature_name` (embedded server only).  The text
-format is written by hand: it is a few lines, not worth a dependency.
+add `model_version` and `signature_name` and count every call (embedded
+server only).  The text format is written by hand: a few lines, not worth a
+dependency.
 """
 
 from __future__ import annotations
@@ -118,17 +132,29 @@ class Metrics:
         "Distribution of wall time (in microseconds) for Tensorflow Serving request.",
         ["model_name", "API", "entrypoint"], LATENCY_BUCKETS_US)
     self.input_batch_size = Histogram(
-        ":tensorflow:serving:batching:input_batch_size",
-        "Tracks the batch size distribution on the inputs by model_name (if available).",
-        ["model_name", "op_name"], BATCH_BUCKETS)
+        ":tensorflow:serving:batching_session:input_batch_size",
+        "Tracks the batch size distribution on the inputs.", [], BATCH_BUCKETS)
     self.processed_batch_size = Histogram(
-        ":tensorflow:serving:batching:processed_batch_size",
-        "Tracks the batch size distribution on processing by model_name (if available).",
-        ["model_name", "op_name"], BATCH_BUCKETS)
+        ":tensorflow:serving:batching_session:processed_batch_size",
+        "Tracks the batch size distribution on processing.", [], BATCH_BUCKETS)
     self.padding_size = Histogram(
-        ":tensorflow:serving:batching:padding_size",
-        "Tracks the padding size distribution on batches by model_name (if available).",
-        ["model_name", "execution_batch_size", "op_name"], BATCH_BUCKETS)
+        ":tensorflow:serving:batching_session:padding_size",
+        "Tracks the padding size distribution on batches.", ["execution_batch_size"],
+        BATCH_BUCKETS)
+    self.queuing_latency = Histogram(
+        ":tensorflow:serving:batching_session:queuing_latency",
+        "Distribution of wall time spent (in microseconds) in queuing", ["thread_pool_name"],
+        exponential_buckets(100, 1.2, 52))
+    self.wrapped_run_count = Counter(
+        ":tensorflow:serving:batching_session:wrapped_run_count",
+        "Total count of run calls on the wrapped session", [])
+    self.load_attempt_count = Counter(
+        ":tensorflow:cc:saved_model:load_attempt_count",
+        "The number of times a SavedModel was successfully loaded.", ["model_path", "status"])
+    self.load_latency = Counter(
+        ":tensorflow:cc:saved_model:load_latency",
+        "Latency in microseconds for SavedModels that were successfully loaded.",
+        ["model_path"])
     self.version_request_count = Counter(
         ":embedded_serving:request_count",
         "Requests per model version and signature (embedded server only).",
@@ -139,20 +165,39 @@ class Metrics:
         ["model_name", "model_version", "signature_name", "API", "entrypoint"],
         LATENCY_BUCKETS_US)
     self._all = [self.request_count, self.request_latency, self.input_batch_size,
-                 self.processed_batch_size, self.padding_size, self.version_request_count,
-                 self.version_request_latency]
+                 self.processed_batch_size, self.padding_size, self.queuing_latency,
+                 self.wrapped_run_count, self.load_attempt_count, self.load_latency,
+                 self.version_request_count, self.version_request_latency]
 
-  def record_request(self, *, model: str, version: int | None, signature: str, api: str,
-                     entrypoint: str, status: str, latency_us: float) -> None:
-    self.request_count.inc(model, status)
-    self.request_latency.observe(latency_us, model, api, entrypoint)
+  def record_request(self, *, model: str, version: int | None, signature: str, method: str,
+                     entrypoint: str, status: str, latency_us: float,
+                     tf_api: str | None, per_version: bool = True) -> None:
+    """One handled call.  `tf_api`: TF Serving's API label, or None for the
+    calls TF Serving keeps no request metrics for; `method` ("Predict",
+    "GetModelMetadata", ...) labels the per-version metrics, which leave
+    out calls about no version (`per_version` False: model status polls)."""
+    if tf_api is not None:
+      self.request_count.inc(model, status)
+      if status == "OK":
+        self.request_latency.observe(latency_us, model, tf_api, entrypoint)
+    if not per_version:
+      return
     v = "" if version is None else version
-    self.version_request_count.inc(model, v, signature, api, entrypoint, status)
-    self.version_request_latency.observe(latency_us, model, v, signature, api, entrypoint)
+    self.version_request_count.inc(model, v, signature, method, entrypoint, status)
+    self.version_request_latency.observe(latency_us, model, v, signature, method, entrypoint)
 
-  def record_batch(self, *, model: str, signature: str, inputs: int, padded: int) -> None:
-    self.processed_batch_size.observe(padded, model, signature)
-    self.padding_size.observe(padded - inputs, model, padded, signature)
+  def record_batch(self, *, inputs: int, padded: int) -> None:
+    """One batch run on the wrapped session (batching_session.cc)."""
+    self.processed_batch_size.observe(padded)
+    self.padding_size.observe(padded - inputs, padded)
+    self.wrapped_run_count.inc()
+
+  def record_load(self, model_path: str, ok: bool, seconds: float) -> None:
+    """One SavedModel load attempt of the version at `model_path`, as TF's
+    cc/saved_model/loader.cc counts it; latency only for successes."""
+    self.load_attempt_count.inc(model_path, "success" if ok else "fail")
+    if ok:
+      self.load_latency.inc(model_path, amount=round(seconds * 1e6))
 
   def prometheus_text(self) -> str:
     lines: list[str] = []

@@ -68,6 +68,9 @@ class ModelManager:
                loader: Callable[..., Servable] = Servable.load):
     self.options = options
     self._loader = loader
+    # Replays a version's warmup records, (servable, iterations) -> records;
+    # set by the Core, whose request path the records go through.
+    self.warmup: Callable[[Servable, int], int] | None = None
     self._lock = threading.RLock()        # guards _models (cheap, held briefly)
     self._work = threading.Lock()         # serializes loads/unloads/reloads
     self._models: dict[str, Model] = {}
@@ -205,9 +208,8 @@ class ModelManager:
     started = time.monotonic()
     try:
       servable = self._loader(name, version, path, self.options.tags)
-      if self.options.warmup:
-        n = servable.warmup(lambda s, key, inputs: s.call(key, inputs),
-                            self.options.warmup_iterations)
+      if self.options.warmup and self.warmup is not None:
+        n = self.warmup(servable, self.options.warmup_iterations)
         if n:
           log.info("Finished reading warmup data for model at %s. Number of warmup records "
                    "read: %d.", path, n)

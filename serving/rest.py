@@ -11,6 +11,7 @@ Requests run on a pool of `--rest_api_num_threads` and are cut off after
 
 from __future__ import annotations
 
+import asyncio
 import concurrent.futures
 import http.server
 import logging
@@ -24,7 +25,7 @@ from google.protobuf import json_format
 from tensorflow.core.example import example_pb2, feature_pb2
 from tensorflow_serving.apis import (classification_pb2, get_model_metadata_pb2,
                                      get_model_status_pb2, input_pb2, model_pb2,
-                                     regression_pb2)
+                                     predict_pb2, regression_pb2)
 
 from serving import tensors
 from serving.core import Core
@@ -101,8 +102,8 @@ class RestServer:
       spec.version_label = urllib.parse.unquote(m["label"])
     verb = m["verb"]
     if verb is None:
-      return _status_json(self.core.status(get_model_status_pb2.GetModelStatusRequest(
-          model_spec=spec)))
+      return _status_json(asyncio.run(self.core.status(
+          get_model_status_pb2.GetModelStatusRequest(model_spec=spec), api="rest")))
     if verb == "/metadata":
       return self._metadata(spec)
     doc = tensors.parse_json(body)
@@ -111,27 +112,33 @@ class RestServer:
       return self._predict(spec, doc, body, deadline)
     request_input = _json_input(doc, verb[1:])
     if verb == ":classify":
-      result = self.core.classify(classification_pb2.ClassificationRequest(
-          model_spec=spec, input=request_input), "REST", deadline).result
+      result = asyncio.run(self.core.classify(classification_pb2.ClassificationRequest(
+          model_spec=spec, input=request_input), api="rest", deadline=deadline)).result
       return {"results": [[[c.label, c.score] for c in row.classes]
                           for row in result.classifications]}
-    result = self.core.regress(regression_pb2.RegressionRequest(
-        model_spec=spec, input=request_input), "REST", deadline).result
+    result = asyncio.run(self.core.regress(regression_pb2.RegressionRequest(
+        model_spec=spec, input=request_input), api="rest", deadline=deadline)).result
     return {"results": [r.value for r in result.regressions]}
 
   def _predict(self, spec: model_pb2.ModelSpec, doc: dict, body: bytes,
                deadline: float | None) -> Any:
-    with self.core.observe(spec.name, "Predict", "REST") as call:
-      servable = self.core.resolve(spec)
-      sig = servable.signature(spec.signature_name)
-      inputs, fmt = tensors.json_to_inputs(doc, {k: v.dtype for k, v in sig.inputs.items()},
-                                           may_have_bools=b"true" in body or b"false" in body)
-      _, outputs = self.core.predict_arrays(servable, sig.key, inputs, (), deadline, call)
-      return tensors.outputs_to_json(outputs, fmt)
+    key = spec.signature_name or "serving_default"
+    sig = self.core.signature_defs(spec).get(key)
+    if sig is None:
+      raise ServingError(Code.FAILED_PRECONDITION,
+                         f"Serving signature key \"{tensors.clip(key)}\" not found.")
+    inputs, fmt = tensors.json_to_inputs(doc, {k: v.dtype for k, v in sig.inputs.items()},
+                                         may_have_bools=b"true" in body or b"false" in body)
+    request = predict_pb2.PredictRequest(model_spec=spec)
+    for name, value in inputs.items():
+      request.inputs[name].CopyFrom(tensors.to_proto(value, tensor_content=True))
+    response = asyncio.run(self.core.predict(request, api="rest", deadline=deadline))
+    outputs = {k: tensors.to_numpy(v, k) for k, v in response.outputs.items()}
+    return tensors.outputs_to_json(outputs, fmt)
 
   def _metadata(self, spec: model_pb2.ModelSpec) -> Any:
-    response = self.core.metadata(get_model_metadata_pb2.GetModelMetadataRequest(
-        model_spec=spec, metadata_field=["signature_def"]), "REST")
+    response = asyncio.run(self.core.metadata(get_model_metadata_pb2.GetModelMetadataRequest(
+        model_spec=spec, metadata_field=["signature_def"]), api="rest"))
     sigs = get_model_metadata_pb2.SignatureDefMap()
     response.metadata["signature_def"].Unpack(sigs)
     return {"model_spec": _to_dict(response.model_spec),

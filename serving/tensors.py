@@ -15,6 +15,7 @@ import base64
 import binascii
 import json
 import math
+import os
 from typing import Any, Mapping
 
 import numpy as np
@@ -27,6 +28,14 @@ _BYTES_SUFFIX = "_bytes"
 _TF_NAMES = {"float32": "float", "float64": "double", "float16": "half"}
 
 
+def _has_numpy(dtype: int) -> bool:
+  try:
+    np.dtype(tf.dtypes.as_dtype(dtype).as_numpy_dtype)
+  except (TypeError, ValueError):
+    return False
+  return True
+
+
 def dtype_name(dtype: int) -> str:
   """TF's DataTypeString: "float", "uint8", "string", ..."""
   try:
@@ -34,6 +43,13 @@ def dtype_name(dtype: int) -> str:
   except TypeError:
     return f"<invalid dtype {dtype}>"
   return _TF_NAMES.get(name, name)
+
+
+# The dtypes a request tensor can carry: those with a numpy equivalent.
+_SUPPORTED = frozenset(
+    d for d in types_pb2.DataType.values()
+    if d not in (types_pb2.DT_INVALID, types_pb2.DT_RESOURCE, types_pb2.DT_VARIANT)
+    and d < 100 and _has_numpy(d))
 
 
 def numpy_dtype(dtype: int) -> np.dtype:
@@ -49,32 +65,48 @@ def proto_dtype(array: np.ndarray) -> int:
 
 # ---------------------------------------------------------------- TensorProto
 
+def clip(text: str, limit: int = 200) -> str:
+  """A client-chosen name as it may appear in a message: at most `limit`
+  characters, so a megabyte signature name is not echoed back (gRPC's
+  trailer limit would turn that into RESOURCE_EXHAUSTED)."""
+  return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
+
+
+def _memory_bytes() -> int:
+  return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
 def to_numpy(proto: tensor_pb2.TensorProto, name: str = "") -> np.ndarray:
-  """The array a TensorProto holds; INVALID_ARGUMENT when it is malformed."""
-  where = f" for input '{name}'" if name else ""
-  if proto.dtype == types_pb2.DT_INVALID:
-    raise invalid_argument(f"tensor{where} has no dtype (DT_INVALID)")
-  if proto.tensor_shape.unknown_rank:
-    raise invalid_argument(f"tensor{where} has an unknown rank")
+  """The array a TensorProto holds, as TF's Tensor::FromProto reads it; a
+  proto it would reject is INVALID_ARGUMENT "tensor parsing error" (TF's
+  cc/saved_model/util.cc GetInputValues), including shapes whose values
+  could not be allocated (TF's allocator fails those; here they would be a
+  MemoryError or the OOM killer)."""
+  error = invalid_argument(f"tensor parsing error: {clip(name)}")
+  if proto.dtype not in _SUPPORTED or proto.tensor_shape.unknown_rank:
+    raise error
   shape = [d.size for d in proto.tensor_shape.dim]
   if any(s < 0 for s in shape):
-    raise invalid_argument(f"tensor{where} has a negative dimension: {shape}")
+    raise error
+  count = math.prod(shape)
+  dtype = numpy_dtype(proto.dtype)
+  if count >= 2**63 or count * max(dtype.itemsize, 8) > _memory_bytes():
+    raise error
   if proto.tensor_content and proto.dtype != types_pb2.DT_STRING:
-    dtype = numpy_dtype(proto.dtype)
-    count = math.prod(shape)
     if len(proto.tensor_content) != count * dtype.itemsize:
-      raise invalid_argument(
-          f"tensor{where}: tensor_content has {len(proto.tensor_content)} bytes, but shape "
-          f"{shape} of {dtype_name(proto.dtype)} needs {count * dtype.itemsize}")
+      raise error
     return np.frombuffer(proto.tensor_content, dtype).reshape(shape)
   try:
     return tf.make_ndarray(proto)
-  except (TypeError, ValueError) as e:
-    raise invalid_argument(f"tensor{where} cannot be parsed: {e}") from None
+  except (TypeError, ValueError):
+    raise error from None
 
 
-def to_proto(array: np.ndarray) -> tensor_pb2.TensorProto:
-  """A TensorProto with the values in the typed field (TF's AsProtoField)."""
+def to_proto(array: np.ndarray, tensor_content: bool = False) -> tensor_pb2.TensorProto:
+  """A TensorProto with the values in the typed field (TF's AsProtoField),
+  or, with `tensor_content` (--enable_serialization_as_tensor_content), in
+  raw bytes as AsProtoTensorContent writes them (strings stay in
+  string_val)."""
   array = np.asarray(array)
   proto = tensor_pb2.TensorProto(dtype=proto_dtype(array))
   proto.tensor_shape.dim.extend(
@@ -83,6 +115,8 @@ def to_proto(array: np.ndarray) -> tensor_pb2.TensorProto:
   kind = array.dtype
   if proto.dtype == types_pb2.DT_STRING:
     proto.string_val.extend(v if isinstance(v, bytes) else str(v).encode() for v in flat)
+  elif tensor_content:
+    proto.tensor_content = np.ascontiguousarray(array).tobytes()
   elif kind == np.float32:
     proto.float_val.extend(flat.tolist())
   elif kind == np.float64:

@@ -28,14 +28,24 @@ def test_flag_syntaxes_and_defaults():
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["--no_such_flag=1"], "unknown command line flag 'no_such_flag'"),
     (["--port=abc"], "illegal value 'abc' for flag '--port'"),
     (["--port"], "missing its value"),
-    (["stray"], "unexpected argument"),
 ])
-def test_bad_flags_are_errors(argv, message):
+def test_bad_values_of_known_flags_are_errors(argv, message):
   with pytest.raises(flags.FlagError, match=message):
     flags.parse(argv)
+
+
+def test_unknown_flags_are_collected_not_errors():
+  unknown: list[str] = []
+  values = flags.parse(["--no_such_flag=1", "--port=9", "stray",
+                        "--enable_signature_method_name_check",
+                        "--enable_serialization_as_tensor_content=true",
+                        "--enable_per_model_batching_parameters"], unknown)
+  assert unknown == ["--no_such_flag=1", "stray"] and values["port"] == 9
+  assert values["enable_signature_method_name_check"] is True
+  assert values["enable_serialization_as_tensor_content"] is True
+  assert values["enable_per_model_batching_parameters"] is True
 
 
 def test_compatibility_flags_are_reported_ignored():
@@ -54,8 +64,14 @@ def test_batching_parameters_text_proto(tmp_path):
           opts.num_batch_threads, opts.allowed_batch_sizes) == (8, 2000, 3, 2, (2, 8))
   bad = text_format.Parse("max_batch_size { value: 8 } allowed_batch_sizes: 4",
                           config.BatchingParameters())
-  with pytest.raises(ServingError, match="must equal max_batch_size"):
+  with pytest.raises(ServingError, match="must match max_batch_size"):
     config.BatchingOptions.from_proto(bad)
+  split = text_format.Parse(
+      "max_batch_size { value: 64 } enable_large_batch_splitting { value: true } "
+      "max_execution_batch_size { value: 8 } allowed_batch_sizes: 4 allowed_batch_sizes: 8",
+      config.BatchingParameters())
+  opts = config.BatchingOptions.from_proto(split)
+  assert (opts.max_batch_size, opts.execution_batch_size) == (64, 8)
 
 
 def test_monitoring_config(tmp_path):
@@ -84,11 +100,11 @@ def _run_server(args: list[str], cwd) -> subprocess.CompletedProcess:
                              "PATH": "/usr/bin:/bin"})
 
 
-def test_start_up_fails_on_unparsable_config_and_unknown_flags(tmp_path):
+def test_start_up_fails_on_unparsable_config_and_bad_flag_values(tmp_path):
   (tmp_path / "models.config").write_text("model_config_list { oops }")
   result = _run_server(["--port=0", "--model_config_file=models.config"], tmp_path)
   assert result.returncode != 0
   assert "Failed to start server. Error: INVALID_ARGUMENT: Invalid protobuf file: " \
          "'models.config'" in result.stderr
-  result = _run_server(["--model_base_path=/x", "--bogus"], tmp_path)
-  assert result.returncode != 0 and "unknown command line flag 'bogus'" in result.stderr
+  result = _run_server(["--model_base_path=/x", "--port=x"], tmp_path)
+  assert result.returncode != 0 and "illegal value 'x' for flag '--port'" in result.stderr
