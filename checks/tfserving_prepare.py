@@ -43,6 +43,7 @@ from PIL import Image
 
 import export
 from checks import tfserving_plan as plan
+from clients import contract
 from export import exporter
 from export.checkpoint import load_checkpoint, save_checkpoint
 from export.models import build_model
@@ -115,33 +116,46 @@ def _decode(encoded: bytes, size: int) -> np.ndarray:
 
 
 def _scale(pixels: np.ndarray) -> np.ndarray:
-  return (pixels.astype(np.float32) - np.float32(127.5)) / np.float32(127.5)
+  center = np.float32(contract.PIXEL_CENTER)
+  return (pixels.astype(np.float32) - center) / center
 
 
 def model_inputs(signature: str, inputs: dict[str, np.ndarray], size: int) -> np.ndarray:
-  """What the Flax model sees for a request: the documented preprocessing
-  (export/signatures.py) applied in numpy/PIL, not by the SavedModel."""
-  if signature == "serving_default":
-    return inputs["images"].astype(np.float32)
-  if signature == "predict_uint8":
-    return _scale(inputs["images"])
-  if signature == "predict_bytes":
-    pixels = [_decode(bytes(b), size) for b in inputs["image_bytes"].reshape(-1)]
-    return _scale(np.stack(pixels)) if pixels else np.zeros((0, size, size, 3), np.float32)
-  raise ValueError(f"no reference for signature {signature!r}")
+  """What the Flax model sees for a request: the contract's preprocessing
+  steps (clients/contract.py) done in numpy/PIL, not by the SavedModel."""
+  row = contract.BY_NAME[signature]
+  value = inputs[row.input_key]
+  if contract.DECODE_RESIZE in row.steps:
+    pixels = [_decode(bytes(b), size) for b in value.reshape(-1)]
+    value = np.stack(pixels) if pixels else np.zeros((0, size, size, 3), np.uint8)
+  if contract.SCALE in row.steps:
+    return _scale(value)
+  return value.astype(np.float32)
+
+
+def _signature_input(row: contract.SignatureContract, floats: np.ndarray,
+                     pixels: np.ndarray) -> np.ndarray:
+  """A batch for one signature: floats in [-1, 1], raw pixels, or PNGs of them."""
+  if row.steps == ():
+    return floats
+  if row.steps == (contract.SCALE,):
+    return pixels
+  if row.steps == (contract.DECODE_RESIZE, contract.SCALE):
+    return np.array([_png(p) for p in pixels], dtype=object).reshape(len(pixels))
+  raise ValueError(f"no check inputs for signature {row.name!r} (steps {row.steps})")
 
 
 def check_requests(name: str, size: int, seed: int) -> list[Any]:
-  """Every signature at every size of BATCH_SIZES, deterministic noise images."""
+  """Every signature of the contract at every size of BATCH_SIZES,
+  deterministic noise images."""
   rng = np.random.default_rng(seed)
   logs = []
   for b in BATCH_SIZES:
     floats = rng.uniform(-1, 1, (b, size, size, 3)).astype(np.float32)
     pixels = rng.integers(0, 256, (b, size, size, 3), dtype=np.uint8)
-    encoded = np.array([_png(p) for p in pixels], dtype=object).reshape(b)
-    logs += [plan.predict_log(name, "serving_default", {"images": floats}),
-             plan.predict_log(name, "predict_uint8", {"images": pixels}),
-             plan.predict_log(name, "predict_bytes", {"image_bytes": encoded})]
+    logs += [plan.predict_log(name, row.name,
+                              {row.input_key: _signature_input(row, floats, pixels)})
+             for row in contract.SIGNATURES]
   return logs
 
 
@@ -153,12 +167,12 @@ def expected_outputs(apply: Any, images: np.ndarray, kind: str) -> dict[str, np.
   else:
     out = np.asarray(apply(images))
   if kind == "features":
-    return {"features": out}
+    return {contract.MODEL_OUTPUT[kind]: out}
   logits = out.astype(np.float64)
   shifted = np.exp(logits - logits.max(axis=-1, keepdims=True))
   probabilities = shifted / shifted.sum(axis=-1, keepdims=True)
-  k = min(5, logits.shape[-1])
-  return {"logits": out, "probabilities": probabilities,
+  k = min(contract.TOP_K, logits.shape[-1])
+  return {contract.MODEL_OUTPUT[kind]: out, "probabilities": probabilities,
           "top_k_scores": -np.sort(-probabilities, axis=-1)[:, :k]}
 
 
@@ -189,7 +203,7 @@ def prepare_model(model: Model, out: Path) -> dict[str, Any]:
   requests = check_requests(model.name, size, model.seed)
   expected_check = expect(requests)
   expected_warmup = expect(list(plan.read_logs(version_dir / plan.WARMUP_FILE)))
-  main = "logits" if model.kind == "classifier" else "features"
+  main = contract.MODEL_OUTPUT[model.kind]
   largest = max(float(np.max(np.abs(e[main]), initial=0.0))
                 for e in expected_check + expected_warmup)
   # The exporter's own criterion (export/exporter.py verify()).
