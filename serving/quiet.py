@@ -5,9 +5,8 @@ every line to stderr whatever TF_CPP_MIN_LOG_LEVEL says: its import prints
 6-7 C++ lines and the first device query a cuInit error on every machine
 without a GPU; and each load of a jax2tf export warns twice, from Python,
 about "unsaved custom gradients" (the exports serve no gradients). The server
-therefore imports TensorFlow and queries its devices with fd 2 held in a
-temporary file, which is replayed only if that fails, and sets TensorFlow's
-Python logger to errors only.
+therefore imports TensorFlow and queries its devices with fd 2 pointed at
+/dev/null, and sets TensorFlow's Python logger to errors only.
 
 TF Serving's binary has no -v; as there, TF_CPP_MIN_LOG_LEVEL set to 0 or 1
 asks for TensorFlow's own lines, and then nothing is held back. export/ has
@@ -19,7 +18,6 @@ from __future__ import annotations
 import logging
 import os
 import sys
-import tempfile
 
 
 def tensorflow_verbose() -> bool:
@@ -28,23 +26,22 @@ def tensorflow_verbose() -> bool:
 
 
 def start_tensorflow() -> None:
-  """Imports TensorFlow and finds its devices before anything else does."""
+  """Imports TensorFlow and finds its devices before anything else does.
+
+  A failed import still raises, and start-up reports that error the way
+  TF Serving does; only TensorFlow's C++ lines are lost.
+  """
   verbose = tensorflow_verbose()
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
   sys.stderr.flush()
-  held, saved = tempfile.TemporaryFile(), os.dup(2)
+  saved = os.dup(2)
   if not verbose:
-    os.dup2(held.fileno(), 2)
+    with open(os.devnull, "wb") as null:
+      os.dup2(null.fileno(), 2)
   try:
     import tensorflow as tf
     tf.config.list_physical_devices()
-  except BaseException:
-    os.dup2(saved, 2)
-    held.seek(0)
-    sys.stderr.write(held.read().decode("utf-8", "replace"))
-    raise
   finally:
     os.dup2(saved, 2)
     os.close(saved)
-    held.close()
   tf.get_logger().setLevel(logging.INFO if verbose else logging.ERROR)

@@ -6,20 +6,18 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import subprocess
 import sys
 
 import pytest
 
+from tests.support.logs import FOREIGN
 from tests.support.paths import ROOT
 
 # serving.rollout joins when its rewrite on the clients library lands (lifecycle).
 COMMANDS = ("export", "export.zoo", "export.finetune", "export.default_model", "serving",
             "clients", "benchmarks")
 HEAVY = ("tensorflow", "jax", "flax")
-# absl/glog lines ("I0000 00:00:... port.cc:153] ...") and absl's preamble.
-FOREIGN = re.compile(r"^([IWEF]\d{4} |WARNING: All log messages before absl)", re.M)
 
 # Runs `python -m MODULE --help` in this process's interpreter and reports
 # which heavy modules it had imported when help exited.
