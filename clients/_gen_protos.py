@@ -27,6 +27,7 @@ OUTPUT = Path(__file__).with_name("tf_serving_protos.binpb")
 ROOTS = (
     "tensorflow_serving/apis/prediction_service.proto",
     "tensorflow_serving/apis/model_service.proto",
+    "grpc_health/v1/health.proto",  # is_server_live (--enable_grpc_healthcheck_service)
 )
 
 
@@ -36,6 +37,7 @@ def build() -> bytes:
   # this is the one place that pays for TensorFlow.
   import tensorflow_serving.apis.model_service_pb2  # noqa: F401
   import tensorflow_serving.apis.prediction_service_pb2  # noqa: F401
+  from grpc_health.v1 import health_pb2  # noqa: F401
   from google.protobuf import descriptor_pool
 
   pool = descriptor_pool.Default()

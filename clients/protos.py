@@ -1,6 +1,6 @@
 """TF Serving's API messages and gRPC methods, without importing TensorFlow.
 
-The messages come from `tf_serving_protos.binpb` (written by
+The messages (and grpc.health.v1's) come from `tf_serving_protos.binpb` (written by
 `clients._gen_protos` from the installed `tensorflow-serving-api` wheel) and
 live in a private descriptor pool, so they neither need TensorFlow nor clash
 with the official classes when a caller has imported those too. On the wire
@@ -52,6 +52,9 @@ MultiInferenceRequest = message_class(_S + "MultiInferenceRequest")
 MultiInferenceResponse = message_class(_S + "MultiInferenceResponse")
 ReloadConfigRequest = message_class(_S + "ReloadConfigRequest")
 ReloadConfigResponse = message_class(_S + "ReloadConfigResponse")
+HealthCheckRequest = message_class("grpc.health.v1.HealthCheckRequest")
+HealthCheckResponse = message_class("grpc.health.v1.HealthCheckResponse")
+SERVING = HealthCheckResponse.SERVING
 
 # tensorflow.DataType, e.g. DATA_TYPES["DT_FLOAT"] == 1, and back.
 _DT = POOL.FindEnumTypeByName("tensorflow.DataType")
@@ -91,3 +94,7 @@ GET_MODEL_STATUS = _method("ModelService", "GetModelStatus", GetModelStatusReque
                            GetModelStatusResponse)
 HANDLE_RELOAD_CONFIG = _method("ModelService", "HandleReloadConfigRequest",
                                ReloadConfigRequest, ReloadConfigResponse)
+# grpc.health.v1, served by TF Serving with --enable_grpc_healthcheck_service
+# (model_servers/server.cc), by the embedded server by default.
+HEALTH_CHECK = Method("/grpc.health.v1.Health/Check", HealthCheckRequest.SerializeToString,
+                      HealthCheckResponse.FromString)

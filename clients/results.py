@@ -74,7 +74,7 @@ class TensorInfo:
 
 
 @dataclasses.dataclass(frozen=True)
-class Signature:
+class SignatureInfo:
   inputs: dict[str, TensorInfo]
   outputs: dict[str, TensorInfo]
   method_name: str
@@ -85,7 +85,7 @@ class ModelMetadata:
   """A model version's signatures, as GetModelMetadata reports them."""
   name: str
   version: int | None
-  signatures: dict[str, Signature]
+  signatures: dict[str, SignatureInfo]
 
   def image_size(self, signature: str = contract.DEFAULT.name) -> int:
     """The square input size S of the model's [b, S, S, 3] image input."""
@@ -111,7 +111,8 @@ class VersionStatus:
 def metadata_from_proto(name: str, version: int | None, signature_map: Any) -> ModelMetadata:
   """ModelMetadata from a tensorflow.serving.SignatureDefMap."""
   return ModelMetadata(name, version, {
-      key: Signature(_tensor_infos(sig.inputs), _tensor_infos(sig.outputs), sig.method_name)
+      key: SignatureInfo(_tensor_infos(sig.inputs), _tensor_infos(sig.outputs),
+                         sig.method_name)
       for key, sig in sorted(signature_map.signature_def.items())})
 
 

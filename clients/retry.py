@@ -1,18 +1,23 @@
-"""Retries with exponential backoff, for transient failures only.
+"""Retries with exponential backoff, for transient failures only, within one deadline.
 
 A server that is restarting, or a connection that dropped, answers
 UNAVAILABLE: trying again shortly is right. A malformed request, an unknown
 model or a deadline that ran out would fail the same way again (or pile more
-work on a slow server), so those are raised at once. Both transports map
-their failures to status names and share this loop.
+work on a slow server), so those are raised at once, and so is an UNAVAILABLE
+that cannot heal (`ClientError.transient` False: gRPC spoken to a REST port,
+a TLS mismatch). The caller's timeout is one deadline for the request and all
+its retries: each attempt gets what is left, and no retry starts that could
+not finish in time (else `--timeout 30 --attempts 4` takes over 120 s).
+Both transports, sync and async, share the schedule; only the sleep differs.
 """
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import random
 import time
-from typing import Callable, Iterator, TypeVar
+from typing import Awaitable, Callable, Iterator, TypeVar
 
 from clients.errors import ClientError
 
@@ -54,17 +59,51 @@ class RetryPolicy:
 NO_RETRY = RetryPolicy(attempts=1)
 
 
-def call_with_retries(policy: RetryPolicy, attempt: Callable[[], T]) -> T:
-  """`attempt()` until it succeeds, raises a non-retryable ClientError, or
-  the attempts run out; the raised error carries the number of tries."""
-  delays = policy.delays()
-  tries = 0
+class _Schedule:
+  """The tries of one request: what time each attempt has, and whether to retry."""
+
+  def __init__(self, policy: RetryPolicy, timeout: float):
+    self.policy = policy
+    self.timeout = timeout
+    self.deadline = time.monotonic() + timeout
+    self.tries = 0
+    self._delays = policy.delays()
+
+  def remaining(self) -> float:
+    """Seconds left for the next attempt (counted as a try)."""
+    self.tries += 1
+    return max(self.deadline - time.monotonic(), 0.0)
+
+  def after(self, error: ClientError) -> float:
+    """The wait before the next try; re-raises `error` (with the tries) if none."""
+    delay = None
+    if error.code in self.policy.retry_on and error.transient:
+      delay = next(self._delays, None)
+    if delay is not None and time.monotonic() + delay >= self.deadline:
+      delay = None
+    if delay is None:
+      raise error.with_attempts(self.tries) from error.__cause__
+    return delay
+
+
+def call_with_retries(policy: RetryPolicy, timeout: float,
+                      attempt: Callable[[float], T]) -> T:
+  """`attempt(seconds_left)` until it succeeds, raises a non-retryable error,
+  the attempts run out or no retry fits in `timeout` seconds."""
+  schedule = _Schedule(policy, timeout)
   while True:
-    tries += 1
     try:
-      return attempt()
+      return attempt(schedule.remaining())
     except ClientError as e:
-      delay = next(delays, None) if e.code in policy.retry_on else None
-      if delay is None:
-        raise ClientError(e.code, e.message, e.request, tries) from e.__cause__
-      time.sleep(delay)
+      time.sleep(schedule.after(e))
+
+
+async def acall_with_retries(policy: RetryPolicy, timeout: float,
+                             attempt: Callable[[float], Awaitable[T]]) -> T:
+  """call_with_retries for coroutines: the same schedule, sleeping on the loop."""
+  schedule = _Schedule(policy, timeout)
+  while True:
+    try:
+      return await attempt(schedule.remaining())
+    except ClientError as e:
+      await asyncio.sleep(schedule.after(e))

@@ -35,7 +35,7 @@ _VAL_FIELD: dict[str, str] = {
 }
 
 
-def dtype_name(dtype: np.dtype) -> str:
+def datatype_name(dtype: np.dtype) -> str:
   """The DataType name ("DT_FLOAT", ...) for a numpy dtype."""
   dtype = np.dtype(dtype)
   if dtype.kind in "SUO":
@@ -46,7 +46,7 @@ def dtype_name(dtype: np.dtype) -> str:
     raise TypeError(f"no TensorFlow DataType for numpy dtype {dtype}") from None
 
 
-def numpy_dtype(name: str) -> np.dtype:
+def datatype_numpy(name: str) -> np.dtype:
   """The numpy dtype for a DataType name; object (of bytes) for DT_STRING."""
   if name == "DT_STRING":
     return np.dtype(object)
@@ -61,7 +61,7 @@ def make_tensor_proto(values: Any) -> Any:
   array = as_array(values)
   tensor = protos.TensorProto()
   tensor.tensor_shape.dim.extend(protos.TensorShapeProto.Dim(size=s) for s in array.shape)
-  name = dtype_name(array.dtype)
+  name = datatype_name(array.dtype)
   tensor.dtype = protos.DATA_TYPES[name]
   if name == "DT_STRING":
     tensor.string_val.extend(as_bytes(v) for v in array.reshape(-1))
@@ -79,7 +79,7 @@ def make_ndarray(tensor: Any) -> np.ndarray:
     values = np.empty(len(tensor.string_val), dtype=object)
     values[:] = list(tensor.string_val)
     return _fill(values, size, name).reshape(shape)
-  dtype = numpy_dtype(name)
+  dtype = datatype_numpy(name)
   if tensor.tensor_content:
     return np.frombuffer(tensor.tensor_content, dtype=dtype).reshape(shape).copy()
   raw = getattr(tensor, _VAL_FIELD[name])

@@ -114,4 +114,4 @@ def test_client_alone_from_the_wheel_predicts_on_another_python(python, wheel, s
     assert "tiny version 1 via grpc" in done.stdout and str(image) in done.stdout
   done = run(str(bin_dir / "python"), "-m", "clients", "predict", "--rest", "--server",
              server.rest_address, "--model", "tiny", "--version", "1", str(image))
-  assert done.returncode == 0 and "via rest" in done.stdout, done.stderr
+  assert done.returncode == 0 and "via http://" in done.stdout, done.stderr

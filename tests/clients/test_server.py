@@ -7,11 +7,13 @@ checked against the SavedModel loaded in this process, and gRPC against REST.
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -243,7 +245,8 @@ def test_cli_predict_json_and_text(server, grpc_client, encoded, tmp_path):
   done = _cli("predict", "--server", server.rest_address, "--rest", "--model", "vit",
               "--version", "1", str(paths[0]))
   assert done.returncode == 0, done.stderr
-  assert "vit version 1 via rest" in done.stdout and LABELS[expected[0][0].class_id] in done.stdout
+  assert "vit version 1 via http://" in done.stdout
+  assert LABELS[expected[0][0].class_id] in done.stdout
 
 
 def test_cli_metadata_status_and_errors(server):
@@ -257,3 +260,111 @@ def test_cli_metadata_status_and_errors(server):
   assert done.returncode == 1 and "NOT_FOUND" in done.stderr and "model 'nope'" in done.stderr
   done = _cli("predict", "--server", server.grpc_address, "--model", "vit", "/no/such/file")
   assert done.returncode == 2 and "no such file" in done.stderr
+
+
+def test_output_filter_returns_only_the_outputs_asked_for(grpc_client, rest_client, encoded):
+  top = ["top_k_classes", "top_k_scores"]
+  whole = grpc_client.predict_encoded("vit", encoded)
+  for client in (grpc_client, rest_client):
+    filtered = client.predict_encoded("vit", encoded, output_filter=top)
+    assert sorted(filtered.outputs) == top
+    np.testing.assert_allclose(filtered["top_k_scores"], whole["top_k_scores"], atol=1e-6)
+    with pytest.raises(ClientError) as error:
+      client.predict_encoded("vit", encoded, output_filter=["nope"])
+    assert error.value.code == "INVALID_ARGUMENT"
+
+
+def test_health_and_readiness_on_both_transports(grpc_client, rest_client):
+  for client in (grpc_client, rest_client):
+    assert client.is_server_live()
+    assert client.is_model_ready("vit") and client.is_model_ready("vit", version=1)
+    assert client.is_model_ready("vit", label="canary")
+    assert not client.is_model_ready("vit", version=9)
+    assert not client.is_model_ready("vit", label="nope")
+    assert not client.is_model_ready("nope")
+  done = _cli("health", "--server", grpc_client.target, "--model", "vit", "--label", "stable")
+  assert done.returncode == 0 and "live" in done.stdout and "ready" in done.stdout
+  done = _cli("health", "--server", rest_client.target, "--rest", "--model", "vit",
+              "--version", "9")
+  assert done.returncode == 1 and "not ready" in done.stdout
+
+
+def test_async_clients_give_the_sync_results(server, grpc_client, encoded):
+  from clients.aio import AsyncGrpcClient, AsyncRestClient
+  expected = grpc_client.predict_encoded("vit", encoded, label="stable")
+
+  async def run():
+    async with AsyncGrpcClient(server.grpc_address, retry=FAST) as g, \
+        AsyncRestClient(server.rest_address, retry=FAST) as r:
+      calls = [client.predict_encoded("vit", [image], label="stable")
+               for client in (g, r) for image in encoded]
+      results = await asyncio.gather(*calls)
+      ready = await asyncio.gather(g.is_model_ready("vit", label="canary"),
+                                   r.is_model_ready("vit", version=9), g.is_server_live())
+      metadata = await asyncio.gather(g.metadata("vit"), r.metadata("vit"))
+      return results, ready, metadata
+
+  results, ready, metadata = asyncio.run(run())
+  n = len(encoded)
+  for transport in range(2):
+    logits = np.concatenate([p["logits"] for p in results[transport * n:(transport + 1) * n]])
+    np.testing.assert_allclose(logits, expected["logits"], atol=1e-5)
+  assert [p.model_version for p in results[:n]] == [1] * n
+  assert ready == [True, False, True]
+  assert metadata[0] == metadata[1] == grpc_client.metadata("vit")
+
+
+def test_cli_reports_bad_images_and_still_predicts_the_rest(server, grpc_client, encoded,
+                                                             tmp_path):
+  folder = tmp_path / "mixed"
+  folder.mkdir()
+  webp = io.BytesIO()
+  Image.fromarray(_photo(40, 30, 9)).save(webp, format="WEBP")
+  (folder / "a.webp").write_bytes(webp.getvalue())
+  (folder / "b.jpg").write_bytes(encoded[1])
+  (folder / "c.png").write_bytes(b"not a png at all")
+  (folder / "d.png").write_bytes(encoded[0])
+  expected = grpc_client.predict_encoded("vit", [webp.getvalue(), encoded[1], encoded[0]])
+
+  done = _cli("predict", "--server", server.grpc_address, "--model", "vit", "--top-k", "1",
+              "--batch-size", "4", "--json", str(folder))
+  assert done.returncode == 1
+  assert f"{folder / 'c.png'}:" in done.stderr and "Unknown image file format" in done.stderr
+  listed = {Path(item["image"]).name: item for item in json.loads(done.stdout)}
+  assert sorted(listed) == ["a.webp", "b.jpg", "c.png", "d.png"] and listed["c.png"]["error"]
+  classes = [listed[n]["top_k"][0]["class"] for n in ("a.webp", "b.jpg", "d.png")]
+  assert classes == [row[0].class_id for row in expected.top_k(1)]
+
+  done = _cli("predict", "--server", server.grpc_address, "--model", "vit", "--top-k", "2",
+              str(folder / "b.jpg"), str(folder / "c.png"))
+  assert done.returncode == 1
+  lines = done.stdout.splitlines()
+  assert lines[1].split() == ["#", "score", "class", "label"]
+  assert lines[2] == str(folder / "b.jpg") and "failed" in done.stdout
+  done = _cli("predict", "--server", server.grpc_address, "--model", "vit", "--batch-size",
+              "0", str(folder))
+  assert done.returncode == 2 and "--batch-size: must be at least 1" in done.stderr
+
+
+def test_cli_perf_sweeps_concurrency_with_json_and_plot(server, encoded, tmp_path):
+  image = tmp_path / "one.jpg"
+  image.write_bytes(encoded[1])
+  out, png = tmp_path / "perf.json", tmp_path / "perf.png"
+  done = _cli("perf", "--server", server.grpc_address, "--model", "vit", "--image", str(image),
+              "--concurrency", "1,4", "--duration", "0.5", "--warmup", "0.1",
+              "--json", str(out), "--plot", str(png))
+  assert done.returncode == 0, done.stderr
+  report = json.loads(out.read_text())
+  assert report["signature"] == "predict_bytes"
+  assert [lv["concurrency"] for lv in report["levels"]] == [1, 4]
+  for level in report["levels"]:
+    assert level["requests"] > 0 and level["errors"] == {} and level["throughput"] > 0
+    assert level["p50_ms"] <= level["p90_ms"] <= level["p99_ms"] <= level["max_ms"]
+  assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+  assert "p50 ms" in done.stdout
+
+  done = _cli("perf", "--server", server.rest_address, "--rest", "--model", "vit",
+              "--random", "--concurrency", "2", "--duration", "0.3", "--max-requests", "5",
+              "--warmup", "0")
+  assert done.returncode == 0, done.stderr
+  assert done.stdout.splitlines()[-1].split()[-2] == "5"  # requests column, bounded
