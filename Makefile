@@ -6,7 +6,13 @@ HOST    ?= 127.0.0.1
 GRPC_PORT ?= 8500
 REST_PORT ?= 8501
 
-.PHONY: setup test export serve bench
+# The tensorflow/serving release the deployment files pin, from its one source.
+TFSERVING_VERSION ?= $(shell sed -n 's/^TFSERVING_VERSION=//p' serving/.env)
+TFSERVING_VENV    ?= .venv-tfserving/$(TFSERVING_VERSION)
+TFSERVING_WHEELS  ?= .cache/tfserving-wheels
+CHECK_DIR         ?= build/tfserving-check
+
+.PHONY: setup test export serve bench check-tfserving
 
 setup: .venv/.installed
 
@@ -17,6 +23,23 @@ setup: .venv/.installed
 
 test: setup
 	$(PY) -m pytest -q tests
+
+# Runs a representative set of exports the way tensorflow_model_server does
+# (Session loader, signature tensor names, warmup replay) in tensorflow-cpu of
+# the pinned serving release, in a side venv, and compares with JAX; see
+# docs/deployment.md. TFSERVING_VERSION=2.19.1 tries another release.
+check-tfserving: setup $(TFSERVING_VENV)/.installed
+	@start=$$(date +%s); \
+	$(PY) -m checks.tfserving_prepare --out $(CHECK_DIR) && \
+	$(TFSERVING_VENV)/bin/python checks/tfserving_session.py \
+	    --expect-tensorflow $(TFSERVING_VERSION) $(CHECK_DIR)/plan.json; \
+	status=$$?; \
+	echo "check-tfserving: tensorflow-cpu==$(TFSERVING_VERSION) in $$(( $$(date +%s) - start ))s"; \
+	exit $$status
+
+$(TFSERVING_VENV)/.installed: checks/tfserving_venv.sh
+	bash checks/tfserving_venv.sh $(TFSERVING_VERSION) $(TFSERVING_VENV) $(TFSERVING_WHEELS)
+	touch $@
 
 export: setup
 	$(PY) -m export.default_model --repo models --model $(MODEL)

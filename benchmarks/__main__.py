@@ -7,8 +7,10 @@ Each module's `run()` returns rows `{"metric": str, "value": float,
 
 from __future__ import annotations
 
+import argparse
 import importlib
 import json
+import os
 import platform
 import sys
 import time
@@ -17,8 +19,27 @@ from pathlib import Path
 HERE = Path(__file__).parent
 
 
+def available() -> list[str]:
+  """The benchmarks' names, from the file names (nothing is imported)."""
+  return sorted(p.stem[len("bench_"):] for p in HERE.glob("bench_*.py"))
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+  p = argparse.ArgumentParser(
+      prog="python -m benchmarks",
+      description="Run the benchmarks, write benchmarks/results/<name>.json and print "
+                  "one table (ratios measured within one run carry unit 'x').")
+  p.add_argument("names", nargs="*", metavar="NAME",
+                 help=f"benchmarks to run (default: all of {', '.join(available())})")
+  args = p.parse_args(argv)
+  unknown = sorted(set(args.names) - set(available()))
+  if unknown:
+    p.error(f"unknown benchmark(s) {', '.join(unknown)}; known: {', '.join(available())}")
+  return args
+
+
 def main(argv: list[str]) -> int:
-  names = argv or sorted(p.stem[len("bench_"):] for p in HERE.glob("bench_*.py"))
+  names = parse_args(argv).names or available()
   (HERE / "results").mkdir(exist_ok=True)
   table: list[tuple[str, str, str]] = []
   for name in names:
@@ -37,7 +58,6 @@ def main(argv: list[str]) -> int:
 
 
 def _cpus() -> int:
-  import os
   return len(os.sched_getaffinity(0))
 
 

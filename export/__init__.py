@@ -3,20 +3,22 @@
 The only package of the bundle that imports JAX/Flax.
 """
 
+import importlib
 from typing import Any
 
-from export.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from export.configs import MODELS, get_config
-from export.models import VisionTransformer, build_model
+# The public API, imported on first use: `import export` (and so every
+# `python -m export...` command line, before it has parsed its arguments)
+# must not pay for JAX or TensorFlow.
+_API = {"CheckpointError": "export.checkpoint", "load_checkpoint": "export.checkpoint",
+        "save_checkpoint": "export.checkpoint", "MODELS": "export.configs",
+        "get_config": "export.configs",
+        "VisionTransformer": "export.models", "build_model": "export.models",
+        "export_checkpoint": "export.exporter"}
 
-__all__ = ["CheckpointError", "MODELS", "VisionTransformer", "build_model",
-           "export_checkpoint", "get_config", "load_checkpoint", "save_checkpoint"]
+__all__ = sorted(_API)
 
 
 def __getattr__(name: str) -> Any:
-  # Imported on first use: the exporter pulls in TensorFlow, which `import
-  # export` for loading checkpoints or building models should not pay for.
-  if name == "export_checkpoint":
-    from export.exporter import export_checkpoint
-    return export_checkpoint
-  raise AttributeError(f"module 'export' has no attribute {name!r}")
+  if name not in _API:
+    raise AttributeError(f"module 'export' has no attribute {name!r}")
+  return getattr(importlib.import_module(_API[name]), name)

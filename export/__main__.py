@@ -15,12 +15,9 @@ bad arguments.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 
-from export import steplog
-
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+from export import quiet, steplog
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -48,6 +45,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                  help="models.config to add the model to (default: models.config in "
                       "the parent directory of --repo; in the current directory for a "
                       "URL)")
+  p.add_argument("-v", "--verbose", action="store_true", help=quiet.VERBOSE_HELP)
   args = p.parse_args(argv)
   if args.image_size is not None and args.image_size < 1:
     p.error("--image-size must be positive")
@@ -58,6 +56,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 def main(argv: list[str]) -> int:
   args = parse_args(argv)
+  quiet.import_tensorflow(args.verbose)
   from export import exporter  # heavy: TF + JAX
   try:
     with steplog.on_stderr():

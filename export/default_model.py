@@ -45,18 +45,60 @@ import time
 from pathlib import Path
 from typing import Callable
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+from export import quiet
 
-from export import digits, steplog  # noqa: E402  (after the TF log level)
+MODEL_NAME = "vit_digits"
+CACHE_ENV = "VIT_DEFAULT_MODEL_CACHE"
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+  """Needs nothing heavy, so `--help` answers before JAX and TensorFlow load."""
+  p = argparse.ArgumentParser(
+      prog="python -m export.default_model",
+      description="Train (or reuse) and export the default model, or export a named "
+                  "model; or write held-out digit images.")
+  p.add_argument("--repo", metavar="DIR", help="model repository, e.g. models")
+  p.add_argument("--model", default="default",
+                 help="'default' (the digits ViT), or a checkpoint name such as B/16")
+  p.add_argument("--name", help=f"model name in the repository (default {MODEL_NAME!r}, "
+                                "or derived from --model)")
+  p.add_argument("--kind", choices=("classifier", "features"), default="classifier",
+                 help="export classifiers (default) or feature extractors (named "
+                      "<name>_features), e.g. to fine-tune with python -m export.finetune")
+  p.add_argument("--model-config", metavar="FILE",
+                 help="models.config to add the model to (default: models.config in "
+                      "the parent directory of --repo)")
+  p.add_argument("--cache-dir", metavar="DIR",
+                 help=f"training cache (default ${CACHE_ENV} or .cache/default_model)")
+  p.add_argument("--write-images", metavar="DIR",
+                 help="write held-out digit PNGs into DIR instead of exporting")
+  p.add_argument("--write-class-folders", metavar="DIR",
+                 help="write training digits as DIR/<label>/*.png (an image folder for "
+                      "python -m export.finetune) instead of exporting")
+  p.add_argument("--count", type=int, default=10,
+                 help="images for --write-images; per class for --write-class-folders")
+  p.add_argument("-v", "--verbose", action="store_true", help=quiet.VERBOSE_HELP)
+  args = p.parse_args(argv)
+  if args.write_images is None and args.write_class_folders is None and args.repo is None:
+    p.error("--repo is required (or --write-images / --write-class-folders DIR)")
+  if args.count < 1:
+    p.error("--count must be positive")
+  return args
+
+
+if __name__ == "__main__":
+  # Answer --help and bad arguments before the imports below (JAX, TensorFlow).
+  _ARGS = parse_args(sys.argv[1:])
+  quiet.import_tensorflow(_ARGS.verbose)
+
+from export import digits, steplog  # noqa: E402
 from export.checkpoint import save_checkpoint  # noqa: E402
 from export.download import sha256  # noqa: E402
 
-MODEL_NAME = "vit_digits"
 RUNS: dict[str, digits.Recipe] = {     # published in this order: versions 1, 2
     "short": digits.Recipe(steps=500),
     "long": digits.Recipe(steps=2000),
 }
-CACHE_ENV = "VIT_DEFAULT_MODEL_CACHE"
 _PROJECT = Path(__file__).resolve().parent.parent
 # The modules whose code decides the trained weights and the checkpoint bytes.
 _KEYED_SOURCES = ("digits.py", "models.py", "configs.py", "checkpoint.py")
@@ -243,41 +285,12 @@ def write_images(directory: str | os.PathLike, count: int) -> list[Path]:
   return digits.write_images(test_split, directory, count)
 
 
-def parse_args(argv: list[str]) -> argparse.Namespace:
-  p = argparse.ArgumentParser(
-      prog="python -m export.default_model",
-      description="Train (or reuse) and export the default model, or export a named "
-                  "model; or write held-out digit images.")
-  p.add_argument("--repo", metavar="DIR", help="model repository, e.g. models")
-  p.add_argument("--model", default="default",
-                 help="'default' (the digits ViT), or a checkpoint name such as B/16")
-  p.add_argument("--name", help=f"model name in the repository (default {MODEL_NAME!r}, "
-                                "or derived from --model)")
-  p.add_argument("--kind", choices=("classifier", "features"), default="classifier",
-                 help="export classifiers (default) or feature extractors (named "
-                      "<name>_features), e.g. to fine-tune with python -m export.finetune")
-  p.add_argument("--model-config", metavar="FILE",
-                 help="models.config to add the model to (default: models.config in "
-                      "the parent directory of --repo)")
-  p.add_argument("--cache-dir", metavar="DIR",
-                 help=f"training cache (default ${CACHE_ENV} or .cache/default_model)")
-  p.add_argument("--write-images", metavar="DIR",
-                 help="write held-out digit PNGs into DIR instead of exporting")
-  p.add_argument("--write-class-folders", metavar="DIR",
-                 help="write training digits as DIR/<label>/*.png (an image folder for "
-                      "python -m export.finetune) instead of exporting")
-  p.add_argument("--count", type=int, default=10,
-                 help="images for --write-images; per class for --write-class-folders")
-  args = p.parse_args(argv)
-  if args.write_images is None and args.write_class_folders is None and args.repo is None:
-    p.error("--repo is required (or --write-images / --write-class-folders DIR)")
-  if args.count < 1:
-    p.error("--count must be positive")
-  return args
-
-
 def main(argv: list[str]) -> int:
-  args = parse_args(argv)
+  return run(parse_args(argv))
+
+
+def run(args: argparse.Namespace) -> int:
+  """The command line's work, for arguments already parsed."""
   if args.write_images is not None:
     for path in write_images(args.write_images, args.count):
       print(path)
@@ -322,4 +335,4 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-  sys.exit(main(sys.argv[1:]))
+  sys.exit(run(_ARGS))

@@ -43,7 +43,56 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+from export import quiet
+
+
+@dataclasses.dataclass(frozen=True)
+class Recipe:
+  """The fine-tuning settings (the command line's defaults)."""
+  epochs: int = 10
+  batch_size: int = 32
+  learning_rate: float = 1e-2            # Adam, for the new head
+  backbone_learning_rate: float = 1e-4   # Adam, for the backbone (--train-backbone)
+  train_backbone: bool = False
+  validation_fraction: float = 0.2
+  seed: int = 0
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+  """Needs nothing heavy, so `--help` answers before TensorFlow is imported."""
+  p = argparse.ArgumentParser(
+      prog="python -m export.finetune",
+      description="Fine-tune an exported feature extractor on an image folder "
+                  "(one subfolder per class) and publish it as a new classifier version.")
+  p.add_argument("--features-model", required=True, metavar="DIR",
+                 help="a version directory exported with --kind features")
+  p.add_argument("--images", required=True, metavar="DIR", help="DIR/<class>/<image>")
+  p.add_argument("--repo", required=True, metavar="DIR", help="model repository")
+  p.add_argument("--name", required=True, help="model name to publish under")
+  p.add_argument("--epochs", type=int, default=Recipe.epochs)
+  p.add_argument("--batch-size", type=int, default=Recipe.batch_size)
+  p.add_argument("--learning-rate", type=float, default=Recipe.learning_rate,
+                 help="Adam learning rate of the new head")
+  p.add_argument("--backbone-learning-rate", type=float,
+                 default=Recipe.backbone_learning_rate,
+                 help="Adam learning rate of the backbone, with --train-backbone")
+  p.add_argument("--train-backbone", action="store_true",
+                 help="also update the backbone's weights (default: head only)")
+  p.add_argument("--validation-fraction", type=float, default=Recipe.validation_fraction)
+  p.add_argument("--seed", type=int, default=Recipe.seed)
+  p.add_argument("--model-config", metavar="FILE",
+                 help="models.config to add the model to (default: models.config in "
+                      "the parent directory of --repo)")
+  p.add_argument("--checkpoint-dir", metavar="DIR",
+                 help="where the fine-tuned checkpoint is kept (default .cache/finetune)")
+  p.add_argument("-v", "--verbose", action="store_true", help=quiet.VERBOSE_HELP)
+  return p.parse_args(argv)
+
+
+if __name__ == "__main__":
+  # Answer --help and bad arguments before the TensorFlow import below.
+  _ARGS = parse_args(sys.argv[1:])
+  quiet.import_tensorflow(_ARGS.verbose)
 
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
@@ -58,17 +107,6 @@ Log = Callable[[str], None]
 
 class FineTuneError(ValueError):
   """Bad inputs (not a feature extractor, unusable image folder, ...)."""
-
-
-@dataclasses.dataclass(frozen=True)
-class Recipe:
-  epochs: int = 10
-  batch_size: int = 32
-  learning_rate: float = 1e-2            # Adam, for the new head
-  backbone_learning_rate: float = 1e-4   # Adam, for the backbone (--train-backbone)
-  train_backbone: bool = False
-  validation_fraction: float = 0.2
-  seed: int = 0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -307,38 +345,12 @@ def fine_tune(features_model: str | os.PathLike, images: str | os.PathLike,
   return result
 
 
-def parse_args(argv: list[str]) -> argparse.Namespace:
-  p = argparse.ArgumentParser(
-      prog="python -m export.finetune",
-      description="Fine-tune an exported feature extractor on an image folder "
-                  "(one subfolder per class) and publish it as a new classifier version.")
-  p.add_argument("--features-model", required=True, metavar="DIR",
-                 help="a version directory exported with --kind features")
-  p.add_argument("--images", required=True, metavar="DIR", help="DIR/<class>/<image>")
-  p.add_argument("--repo", required=True, metavar="DIR", help="model repository")
-  p.add_argument("--name", required=True, help="model name to publish under")
-  p.add_argument("--epochs", type=int, default=Recipe.epochs)
-  p.add_argument("--batch-size", type=int, default=Recipe.batch_size)
-  p.add_argument("--learning-rate", type=float, default=Recipe.learning_rate,
-                 help="Adam learning rate of the new head")
-  p.add_argument("--backbone-learning-rate", type=float,
-                 default=Recipe.backbone_learning_rate,
-                 help="Adam learning rate of the backbone, with --train-backbone")
-  p.add_argument("--train-backbone", action="store_true",
-                 help="also update the backbone's weights (default: head only)")
-  p.add_argument("--validation-fraction", type=float, default=Recipe.validation_fraction)
-  p.add_argument("--seed", type=int, default=Recipe.seed)
-  p.add_argument("--model-config", metavar="FILE",
-                 help="models.config to add the model to (default: models.config in "
-                      "the parent directory of --repo)")
-  p.add_argument("--checkpoint-dir", metavar="DIR",
-                 help="where the fine-tuned checkpoint is kept (default .cache/finetune)")
-  return p.parse_args(argv)
-
-
 def main(argv: list[str]) -> int:
-  args = parse_args(argv)
+  return run(parse_args(argv))
 
+
+def run(args: argparse.Namespace) -> int:
+  """The command line's work, for arguments already parsed."""
   def log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
@@ -364,4 +376,4 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-  sys.exit(main(sys.argv[1:]))
+  sys.exit(run(_ARGS))

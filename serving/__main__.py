@@ -10,7 +10,6 @@ so scripts and tests can wait for them.  SIGTERM/SIGINT stop it cleanly.
 from __future__ import annotations
 
 import logging
-import os
 import signal
 import sys
 import threading
@@ -57,6 +56,8 @@ def _configure_tensorflow(values: dict) -> None:
 
 def _serve(values: dict, log: logging.Logger) -> int:
   import functools
+  from serving import quiet
+  quiet.start_tensorflow()  # first: nothing may import TensorFlow before it
   from serving import config, grpc_service, inference
   from serving.core import Core
   from serving.metrics import Metrics
@@ -163,7 +164,6 @@ def _read(path: str) -> str | None:
 
 def run() -> int:
   """The `vit-serving` console script: `python -m serving` with this process's arguments."""
-  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
   return main(sys.argv[1:])
 
 

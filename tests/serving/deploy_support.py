@@ -23,16 +23,16 @@ CONFIG_DIR = SERVING / "config"
 DEPLOY = ROOT / "deploy"
 COMPOSE_GPU = SERVING / "docker-compose.yml"
 COMPOSE_CPU = SERVING / "docker-compose.cpu.yml"
+SERVING_ENV = SERVING / ".env"
 DEFAULT_MODEL = "vit_digits"
 METRICS_PATH = "/monitoring/prometheus/metrics"
 
-# Every flag tensorflow_model_server accepts, from the flag list in
-# tensorflow_serving/model_servers/main.cc (tensorflow/serving master, the
-# 2.x series). tensorflow::Flags::Parse fails start-up on an unknown flag, so
-# a typo in a deployment file must fail here first. Newer sources add more
-# (xla_gpu_compilation_enabled, enable_grpc_healthcheck_service, ...); they
-# are left out because their presence in the pinned 2.20.0 image is not
-# confirmed, and the deployment must not depend on them.
+# Every flag tensorflow_model_server 2.20.0 accepts: the 48 tensorflow::Flag
+# names of tensorflow_serving/model_servers/main.cc at the 2.20.0 tag.
+# tensorflow::Flags::Parse fails start-up on an unknown flag, so a typo in a
+# deployment file must fail here first. FLAGS_SINCE dates the newer ones by
+# the tensorflow/serving commit adding them: a deployment using them needs at
+# least that release (serving/.env pins the release).
 TF_MODEL_SERVER_FLAGS = frozenset({
     "port", "grpc_socket_path", "rest_api_port", "rest_api_num_threads",
     "rest_api_timeout_in_ms", "rest_api_enable_cors_support", "enable_batching",
@@ -50,8 +50,15 @@ TF_MODEL_SERVER_FLAGS = frozenset({
     "remove_unused_fields_from_bundle_metagraph", "prefer_tflite_model",
     "num_tflite_pools", "num_tflite_interpreters_per_pool",
     "enable_signature_method_name_check", "xla_cpu_compilation_enabled",
-    "enable_profiler", "thread_pool_factory_config_file",
+    "xla_gpu_compilation_enabled", "enable_profiler", "thread_pool_factory_config_file",
+    "mixed_precision", "skip_initialize_tpu", "enable_grpc_healthcheck_service",
+    "enable_serialization_as_tensor_content",
 })
+FLAGS_SINCE = {
+    "enable_grpc_healthcheck_service": "2.15",   # a9a8e7bf, 2024-02-20
+    "xla_gpu_compilation_enabled": "2.18",       # e5e795f5, 2024-10-03
+    "enable_serialization_as_tensor_content": "2.19",  # 1e165518, 2024-10-25
+}
 
 # The pip wheel has model_server_config_pb2 but not these two messages, so
 # they are declared here with the names, numbers and types of
@@ -143,9 +150,32 @@ def parse_flags(args: list[str]) -> dict[str, str]:
   return flags
 
 
-_COMPOSE_DEFAULT = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*):-([^}]*)\}")
+_COMPOSE_VARIABLE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::([-?])([^}]*))?\}")
 
 
-def compose_defaults(value: str) -> str:
-  """Docker Compose's `${VAR:-default}` interpolation with no variable set."""
-  return _COMPOSE_DEFAULT.sub(lambda m: m.group(2), value)
+def serving_env() -> dict[str, str]:
+  """serving/.env as Docker Compose reads it (KEY=VALUE lines, # comments)."""
+  values = {}
+  for line in SERVING_ENV.read_text().splitlines():
+    if line.strip() and not line.lstrip().startswith("#"):
+      key, _, value = line.partition("=")
+      values[key.strip()] = value.strip()
+  return values
+
+
+def tfserving_version() -> str:
+  return serving_env()["TFSERVING_VERSION"]
+
+
+def compose_defaults(value: str, env: dict[str, str] | None = None) -> str:
+  """Docker Compose's interpolation with serving/.env's variables and nothing
+  else set: `${VAR}`, `${VAR:-default}` and `${VAR:?error}` (which fails)."""
+  env = serving_env() if env is None else env
+
+  def substitute(m: re.Match[str]) -> str:
+    name, kind, text = m.groups()
+    if env.get(name):
+      return env[name]
+    assert kind != "?", f"${{{name}}} is required: {text}"
+    return text if kind == "-" else ""
+  return _COMPOSE_VARIABLE.sub(substitute, value)

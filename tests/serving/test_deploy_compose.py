@@ -65,11 +65,35 @@ def flavor(request: pytest.FixtureRequest) -> str:
 # --- the compose files ------------------------------------------------------
 
 def test_image_is_pinned_tensorflow_serving(flavor: str) -> None:
-  image = service(flavor)["image"]
+  image = ds.compose_defaults(service(flavor)["image"])
   match = re.fullmatch(r"tensorflow/serving:(\d+\.\d+\.\d+)(-gpu)?", image)
   assert match, f"unpinned or unexpected image {image!r}"
+  assert match.group(1) == ds.tfserving_version()
   assert bool(match.group(2)) == (flavor == "gpu")
   assert service("cpu")["image"] + "-gpu" == service("gpu")["image"]
+
+
+def test_the_version_is_set_only_in_serving_env() -> None:
+  # Compose (this file's .env), kustomize (serving/kustomization.yaml) and
+  # make check-tfserving (the Makefile) all read it from there.
+  version = ds.tfserving_version()
+  assert re.fullmatch(r"\d+\.\d+\.\d+", version)
+  files = [*COMPOSE_FILES.values(), *ds.DEPLOY.rglob("*.yaml"), ds.ROOT / "Makefile",
+           ds.ROOT / ".ci" / "run"]
+  copies = [str(f.relative_to(ds.ROOT)) for f in files if version in f.read_text()]
+  assert not copies, f"{version} written again in {copies}"
+  make = subprocess.run(["make", "-s", "-f", "-", "print"], cwd=ds.ROOT, text=True,
+                        input="include Makefile\nprint:\n\t@echo $(TFSERVING_VERSION)\n",
+                        capture_output=True, timeout=60)
+  assert make.stdout.strip() == version, make.stderr
+
+
+def test_server_flags_exist_in_the_pinned_release(flavor: str) -> None:
+  version = tuple(int(p) for p in ds.tfserving_version().split(".")[:2])
+  for flag in ds.parse_flags(service(flavor)["command"]):
+    since = ds.FLAGS_SINCE.get(flag)
+    assert since is None or version >= tuple(int(p) for p in since.split(".")), (
+        f"--{flag} needs tensorflow/serving >= {since}")
 
 
 def test_every_command_flag_is_a_tensorflow_model_server_flag(flavor: str) -> None:
@@ -82,6 +106,10 @@ def test_command_flags_this_bundle_needs(flavor: str) -> None:
   flags = ds.parse_flags(service(flavor)["command"])
   assert flags["port"] == "8500" and flags["rest_api_port"] == "8501"
   assert flags["xla_cpu_compilation_enabled"] == "true"  # jax2tf XlaCallModule
+  assert flags.get("xla_gpu_compilation_enabled") == ("true" if flavor == "gpu" else None)
+  assert flags["enable_grpc_healthcheck_service"] == "true"
+  # Would put top_k_labels into tensor_content, which the clients do not read.
+  assert "enable_serialization_as_tensor_content" not in flags
   assert flags["enable_batching"] == "true"
   assert flags["enable_model_warmup"] == "true"
   assert int(flags["model_config_file_poll_wait_seconds"]) > 0  # label switches apply
@@ -140,6 +168,8 @@ def test_gpu_reservation_only_in_the_gpu_file() -> None:
 
 def test_cpu_file_differs_only_in_image_batching_and_gpu() -> None:
   gpu, cpu = service("gpu"), service("cpu")
+  assert gpu["command"][-1] == "--xla_gpu_compilation_enabled=true"
+  gpu["command"].pop()
   for svc in (gpu, cpu):
     svc.pop("image")
     svc.pop("deploy", None)

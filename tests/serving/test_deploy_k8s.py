@@ -11,6 +11,7 @@ and the config files they mount.
 
 from __future__ import annotations
 
+import copy
 import re
 import shutil
 import subprocess
@@ -18,13 +19,15 @@ from functools import lru_cache
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+import kubernetes_validate
 import pytest
 
 from tests.serving import deploy_support as ds
 
 OVERLAYS = {"cpu": ds.DEPLOY / "overlays" / "cpu", "gpu": ds.DEPLOY / "overlays" / "gpu"}
 COMPOSE = {"cpu": ds.COMPOSE_CPU, "gpu": ds.COMPOSE_GPU}
-KUSTOMIZATIONS = [ds.DEPLOY / "base", *OVERLAYS.values(), ds.DEPLOY / "kserve", ds.CONFIG_DIR]
+KUSTOMIZATIONS = [ds.DEPLOY / "base", *OVERLAYS.values(), ds.DEPLOY / "kserve", ds.CONFIG_DIR,
+                  ds.SERVING]
 KUBECTL = shutil.which("kubectl")
 needs_kubectl = pytest.mark.skipif(KUBECTL is None, reason="kubectl (for kustomize) not installed")
 
@@ -111,9 +114,10 @@ def flavor(request: pytest.FixtureRequest) -> str:
 def test_kustomization_files_exist(directory: Path) -> None:
   k = kustomization(directory)
   listed = list(k.get("resources", []))
-  listed += [p["path"] for p in k.get("patches", [])]
+  listed += [p["path"] for p in k.get("patches", []) if "path" in p]
   listed += k.get("configurations", [])
-  listed += [f for g in k.get("configMapGenerator", []) for f in g.get("files", [])]
+  listed += [f for g in k.get("configMapGenerator", [])
+             for f in g.get("files", []) + g.get("envs", [])]
   for entry in listed:
     assert (directory / entry).exists(), f"{directory}: {entry} does not exist"
   for entry in k.get("resources", []):
@@ -124,6 +128,9 @@ def test_kustomization_files_exist(directory: Path) -> None:
 def test_overlay_patches_target_resources_of_the_base(flavor: str) -> None:
   base = kinds_and_names(ds.DEPLOY / "base")
   for patch in kustomization(OVERLAYS[flavor])["patches"]:
+    if "path" not in patch:  # an inline JSON patch names its target
+      assert (patch["target"]["kind"], patch["target"]["name"]) in base, patch
+      continue
     for doc in ds.load_yaml_documents((OVERLAYS[flavor] / patch["path"]).read_text()):
       assert (doc["kind"], doc["metadata"]["name"]) in base, patch["path"]
 
@@ -146,7 +153,42 @@ def test_cluster_models_config_parses_in_the_repository_format() -> None:
 @needs_kubectl
 def test_image_matches_the_compose_deployment(flavor: str) -> None:
   compose = ds.load_yaml(COMPOSE[flavor])["services"]["tfserving"]
-  assert container(render(OVERLAYS[flavor]))["image"] == compose["image"]
+  image = container(render(OVERLAYS[flavor]))["image"]
+  assert image == ds.compose_defaults(compose["image"])
+  assert image.split(":")[1].removesuffix("-gpu") == ds.tfserving_version()
+
+
+@needs_kubectl
+def test_the_version_source_is_not_deployed(flavor: str) -> None:
+  # serving/.env reaches kustomize as local-config ConfigMaps, dropped on render.
+  names = {o["metadata"]["name"] for o in render(OVERLAYS[flavor])}
+  assert not names & {"tfserving-version", "tfserving-image-suffix"}
+
+
+# Kubernetes' native gRPC probes are GA since 1.27; 1.37 is the newest schema
+# kubernetes-validate ships.
+KUBERNETES_VERSIONS = ("1.27.0", "1.37.0")
+
+
+@needs_kubectl
+@pytest.mark.parametrize("kubernetes", KUBERNETES_VERSIONS)
+def test_rendered_manifests_validate_against_the_kubernetes_schemas(flavor: str,
+                                                                    kubernetes: str) -> None:
+  # Strict: an unknown or misplaced field fails, as `kubectl apply` would reject it.
+  for obj in render(OVERLAYS[flavor]):
+    kubernetes_validate.validate(obj, kubernetes, strict=True)
+
+
+@needs_kubectl
+def test_the_schema_validation_can_fail() -> None:
+  deployment = copy.deepcopy(one(render(OVERLAYS["cpu"]), "Deployment"))
+  deployment["spec"]["template"]["spec"]["containers"][0]["livenessProbe"]["grpc"]["port"] = "grpc"
+  with pytest.raises(kubernetes_validate.ValidationError):
+    kubernetes_validate.validate(deployment, KUBERNETES_VERSIONS[-1], strict=True)
+  deployment = copy.deepcopy(one(render(OVERLAYS["cpu"]), "Deployment"))
+  deployment["spec"]["template"]["spec"]["containers"][0]["startupProbe"]["grpcService"] = ""
+  with pytest.raises(kubernetes_validate.ValidationError):
+    kubernetes_validate.validate(deployment, KUBERNETES_VERSIONS[-1], strict=True)
 
 
 @needs_kubectl
@@ -223,12 +265,19 @@ def test_ports_service_and_probes(flavor: str) -> None:
   served = {m.name for m in ds.parse_model_server_config(
       mounted_files(objects)[PurePosixPath(flags["model_config_file"])]
   ).model_config_list.config}
-  for probe in ("startupProbe", "readinessProbe"):
-    get = c[probe]["httpGet"]
-    assert get["port"] == "http"
-    model = re.fullmatch(r"/v1/models/([A-Za-z0-9_.-]+)", get["path"])
-    assert model and model.group(1) in served, get["path"]
-  assert c["livenessProbe"]["httpGet"] == {"path": ds.METRICS_PATH, "port": "http"}
+  # Readiness: the served model's REST status.
+  get = c["readinessProbe"]["httpGet"]
+  assert get["port"] == "http"
+  model = re.fullmatch(r"/v1/models/([A-Za-z0-9_.-]+)", get["path"])
+  assert model and model.group(1) in served, get["path"]
+  # Startup and liveness: Kubernetes' grpc.health.v1 probe on the gRPC port,
+  # served only with --enable_grpc_healthcheck_service. No `service`: the
+  # server's overall status "", which TF Serving and the embedded server both
+  # report (server.cc names its services "PredictionService"/"ModelService",
+  # without package, so a qualified name would be NOT_FOUND there).
+  assert flags["enable_grpc_healthcheck_service"] == "true"
+  for probe in ("startupProbe", "livenessProbe"):
+    assert c[probe]["grpc"] == {"port": int(flags["port"])}, probe
 
 
 @needs_kubectl
@@ -289,12 +338,19 @@ def test_kserve_inference_service() -> None:
   model = predictor["model"]
   assert model["modelFormat"]["name"] == "tensorflow"
   compose_image = ds.load_yaml(ds.COMPOSE_CPU)["services"]["tfserving"]["image"]
-  assert f"tensorflow/serving:{model['runtimeVersion']}" == compose_image
+  assert model["runtimeVersion"] == ds.tfserving_version()
+  assert f"tensorflow/serving:{model['runtimeVersion']}" == ds.compose_defaults(compose_image)
   assert re.fullmatch(r"(gs|s3)://.+", model["storageUri"])
 
   flags = ds.parse_flags(model["args"])
   assert set(flags) <= ds.TF_MODEL_SERVER_FLAGS
   assert flags["xla_cpu_compilation_enabled"] == "true"
+  assert flags["enable_grpc_healthcheck_service"] == "true"
+  # No maintained package ships KServe's CRD schema (the kserve SDK, 0.21.0,
+  # has generated model classes only), so the other objects are validated.
+  for obj in objects:
+    if obj["kind"] != "InferenceService":
+      kubernetes_validate.validate(obj, KUBERNETES_VERSIONS[-1], strict=True)
   # The flag files come from a ConfigMap of the same render with the
   # repository's content.
   volumes = {v["name"]: v for v in predictor["volumes"]}

@@ -16,7 +16,9 @@ import tensorflow as tf
 from PIL import Image
 from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
+from clients import contract
 from tests.serving import helpers
+from tests.support.logs import FOREIGN
 from tests.serving.conftest import needs_embedded
 
 pytestmark = needs_embedded
@@ -58,7 +60,14 @@ def _inputs(signature: str, size: int) -> tuple[str, np.ndarray]:
   return "image_bytes", encoded
 
 
-@pytest.mark.parametrize("signature", ["serving_default", "predict_uint8", "predict_bytes"])
+def test_log_is_the_servers_own(served):
+  """No TensorFlow C++ start-up lines, cuInit error or custom-gradient
+  warnings per version load (serving/quiet.py)."""
+  served.wait_for_log("Running gRPC ModelServer")
+  assert [line for line in served.lines if FOREIGN.search(line)] == []
+
+
+@pytest.mark.parametrize("signature", [spec.name for spec in contract.SIGNATURES])
 def test_served_equals_in_process(exported, served, signature):
   _, path = exported
   loaded = tf.saved_model.load(str(path))
