@@ -1,285 +1,325 @@
-"""HTTP/REST front end: TF Serving's `/v1/models/...` API on the stdlib's
-ThreadingHTTPServer (no web framework to install or audit).
+"""HTTP/REST front end: TF Serving's `/v1/...` API on aiohttp's server.
 
-Routes, JSON shapes and error bodies follow TF Serving's REST API: predict
-in row ("instances" -> "predictions") and columnar ("inputs" -> "outputs")
-formats, classify/regress on JSON tf.Examples, GET model status and
-metadata, `{"error": ...}` with the HTTP code TF Serving maps each status to.
-Requests run on a pool of `--rest_api_num_threads` and are cut off after
-`--rest_api_timeout_in_ms`; bodies over the size limit are refused unread.
+aiohttp parses HTTP (chunked and gzip request bodies included, so no byte
+of one request is ever read as the next); this module only routes, as
+TF Serving's http_server.cc and http_rest_api_handler.cc do: the URL
+grammar of http_rest_api_util.cc, the body turned into the request proto
+by serving.rest_json, one call to the core's public async entry, the
+response proto written back as JSON, and the status code from
+errors.ServingError (http_server.cc: ToHTTPStatusCode).
+
+Connections wait on an event loop of their own thread, so an idle or slow
+client holds no thread: the listen backlog is large, and a connection
+that has not sent a complete request within --rest_api_timeout_in_ms is
+closed.  JSON decoding and encoding (CPU work proportional to the body)
+run on a pool of --rest_api_num_threads so one large body does not stall
+every other connection.
 """
 
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import http.server
+import dataclasses
+import functools
 import logging
 import re
+import ssl
 import threading
 import time
 import urllib.parse
-from typing import Any
+from typing import Any, Callable
 
-from google.protobuf import json_format
-from tensorflow.core.example import example_pb2, feature_pb2
+from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
+from tensorflow.core.protobuf import meta_graph_pb2
 from tensorflow_serving.apis import (classification_pb2, get_model_metadata_pb2,
-                                     get_model_status_pb2, input_pb2, model_pb2,
-                                     predict_pb2, regression_pb2)
+                                     get_model_status_pb2, model_pb2, predict_pb2,
+                                     regression_pb2)
 
-from serving import tensors
+from serving import rest_json
 from serving.core import Core
-from serving.errors import Code, ServingError, deadline_exceeded, invalid_argument
+from serving.errors import Code, ServingError, invalid_argument
 
 log = logging.getLogger("serving")
 
-_MODEL_PATH = re.compile(
-    r"^/v1/models/(?P<name>[^/:]+)"
-    r"(?:/versions/(?P<version>-?\d+)|/labels/(?P<label>[^/:]+))?"
-    r"(?P<verb>:predict|:classify|:regress|/metadata)?/?$")
+BACKLOG = 1024
+_INT64_MAX = 2**63 - 1
+
+# http_rest_api_util.h / .cc: the dispatcher's path filter, then the POST
+# and GET grammars (RE2 FullMatch, case-insensitive; `\d` is ASCII there).
+_V1_PATH = re.compile(r"(?i)/v1/.*", re.ASCII | re.DOTALL)
+_PREDICTION_API = re.compile(
+    r"(?i)/v1/models/([^/:]+)(?:(?:/versions/(\d+))|(?:/labels/([^/:]+)))?"
+    r":(classify|regress|predict)", re.ASCII)
+_MODEL_STATUS_API = re.compile(
+    r"(?i)/v1/models(?:/([^/:]+))?(?:(?:/versions/(\d+))|(?:/labels/([^/:]+)))?"
+    r"(?:/(metadata))?", re.ASCII)
+_CORS_HEADERS = {"Access-Control-Allow-Origin": "*",            # http_rest_api_util.cc
+                 "Access-Control-Allow-Methods": "POST, GET",
+                 "Access-Control-Allow-Headers": "Content-Type"}
 
 
 class RestServer:
-  """Owns the HTTP server, its worker pool and the request routing."""
+  """The aiohttp server, the thread running its event loop, and routing."""
 
   def __init__(self, core: Core, *, bind: str, port: int, num_threads: int, timeout_ms: int,
-               max_body_bytes: int, prometheus_path: str | None, cors: bool = False):
+               max_body_bytes: int, prometheus_path: str | None, cors: bool = False,
+               ssl_context: ssl.SSLContext | None = None):
     self.core = core
     self.timeout_s = timeout_ms / 1000 if timeout_ms > 0 else None
     self.max_body_bytes = max_body_bytes
     self.prometheus_path = prometheus_path
     self.cors = cors
-    self.pool = concurrent.futures.ThreadPoolExecutor(max(1, num_threads), "rest")
-    handler = type("Handler", (_Handler,), {"rest": self})
-    self.httpd = http.server.ThreadingHTTPServer((bind, port), handler)
-    self.httpd.daemon_threads = True
-    self.port = self.httpd.server_address[1]
-    self._thread = threading.Thread(target=self.httpd.serve_forever, name="rest", daemon=True)
+    self.port = port
+    self._bind = bind
+    self._ssl_context = ssl_context
+    self._pool = concurrent.futures.ThreadPoolExecutor(max(1, num_threads), "rest")
+    self._loop = asyncio.new_event_loop()
+    self._thread = threading.Thread(target=self._loop.run_forever, name="rest-loop",
+                                    daemon=True)
+    self._runner: web.ServerRunner | None = None
 
   def start(self) -> None:
+    """Binds and starts serving; OSError when the port cannot be bound."""
     self._thread.start()
+    try:
+      self.port = asyncio.run_coroutine_threadsafe(self._start(), self._loop).result(60)
+    except BaseException:
+      self._stop_loop()
+      raise
+
+  async def _start(self) -> int:
+    # Idle connections and requests whose headers do not arrive in time
+    # are closed after the REST timeout (TF Serving's libevent server
+    # closes them after its own fixed timeout); with no timeout, aiohttp's
+    # default applies.
+    idle = {"keepalive_timeout": self.timeout_s} if self.timeout_s else {}
+    server = web.Server(self._handle, access_log=None, **idle)
+    self._runner = web.ServerRunner(server, handle_signals=False)
+    await self._runner.setup()
+    site = web.TCPSite(self._runner, self._bind, self.port, backlog=BACKLOG,
+                       ssl_context=self._ssl_context)
+    await site.start()
+    return self._runner.addresses[0][1]
 
   def stop(self) -> None:
-    self.httpd.shutdown()
-    self.httpd.server_close()
-    self.pool.shutdown(wait=False, cancel_futures=True)
+    if self._runner is not None:
+      asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop).result(30)
+    self._stop_loop()
 
-  # ------------------------------------------------------------------ routing
+  def _stop_loop(self) -> None:
+    self._loop.call_soon_threadsafe(self._loop.stop)
+    self._thread.join(timeout=10)
+    self._pool.shutdown(wait=False, cancel_futures=True)
 
-  def handle(self, method: str, path: str, body: bytes) -> tuple[int, str, bytes]:
-    """(HTTP status, content type, body) for one request."""
-    path = path.split("?", 1)[0]
-    if self.prometheus_path and path == self.prometheus_path and method == "GET":
-      return 200, "text/plain; version=0.0.4", self.core.metrics.prometheus_text().encode()
-    deadline = None if self.timeout_s is None else time.monotonic() + self.timeout_s
-    future = self.pool.submit(self._dispatch, method, path, body, deadline)
+  # ------------------------------------------------------------- one request
+
+  async def _handle(self, request: web.BaseRequest) -> web.StreamResponse:
+    started = time.monotonic()
+    deadline = None if self.timeout_s is None else started + self.timeout_s
+    uri = request.raw_path  # path?query#fragment, as evhttp's uri_path()
+    path = re.split(r"[?#]", uri, maxsplit=1)[0]
+    if self.prometheus_path and path == self.prometheus_path:
+      return self._prometheus(uri)
+    if not _V1_PATH.fullmatch(uri):
+      return self._reply(404, rest_json.error_response(
+          f"Not found: {_cut(uri)} (the API is under /v1/)"))
+    declared = request.content_length
+    if declared is not None and declared > self.max_body_bytes:
+      response = self._error(request, invalid_argument(
+          f"Request body of {declared} bytes exceeds the limit of {self.max_body_bytes} bytes "
+          "(--rest_api_max_body_bytes)"), status=413)
+      response.force_close()  # the body is never read
+      return response
     try:
-      doc = future.result(timeout=self.timeout_s)
-      return 200, "application/json", tensors.dumps(doc)
-    except concurrent.futures.TimeoutError:
-      future.cancel()
-      error = deadline_exceeded(f"Request timed out after {self.timeout_s * 1000:.0f} ms "
-                                "(--rest_api_timeout_in_ms)")
+      body = await asyncio.wait_for(self._read_body(request), _remaining(deadline))
+    except asyncio.TimeoutError:
+      response = self._error(request, ServingError(
+          Code.DEADLINE_EXCEEDED, "Request body not received within --rest_api_timeout_in_ms"),
+          status=408)
+      response.force_close()
+      return response
+    except _BodyError as e:
+      response = self._error(request, e.error, status=e.status)
+      response.force_close()
+      return response
+    call = _Call()
+    try:
+      if request.method == "OPTIONS":
+        output = self._preflight(request)
+      else:
+        output = await self._process(call, request.method, uri, body, deadline)
     except ServingError as e:
-      error = e
-    except Exception as e:  # noqa: BLE001  (never let one request kill the server)
-      log.exception("internal error on %s %s", method, path)
-      error = ServingError(Code.INTERNAL, f"{type(e).__name__}: {e}")
-    return error.http_status, "application/json", tensors.dumps({"error": error.message})
+      if not call.counted:
+        self._count_failure(call, e, started)
+      return self._error(request, e)
+    except Exception as e:  # noqa: BLE001  (a bug must cost one request, not the server)
+      log.exception("REST %s %s: internal error", request.method, _cut(uri))
+      return self._reply(500, rest_json.error_response(f"{type(e).__name__}: {e}"))
+    return self._reply(200, output)
 
-  def _dispatch(self, method: str, path: str, body: bytes, deadline: float | None) -> Any:
-    m = _MODEL_PATH.match(path)
-    if m is None or (method == "GET") != (m["verb"] in (None, "/metadata")) or \
-        method not in ("GET", "POST"):
-      if path.startswith("/v1/"):
-        raise invalid_argument(f"Malformed request: {method} {path}")
-      raise ServingError(Code.NOT_FOUND,
-                         f"Not found: {method} {path} (the API is under /v1/models/)")
-    spec = model_pb2.ModelSpec(name=urllib.parse.unquote(m["name"]))
-    if m["version"] is not None:
-      spec.version.value = int(m["version"])
-    if m["label"] is not None:
-      spec.version_label = urllib.parse.unquote(m["label"])
-    verb = m["verb"]
-    if verb is None:
-      return _status_json(asyncio.run(self.core.status(
-          get_model_status_pb2.GetModelStatusRequest(model_spec=spec), api="rest")))
-    if verb == "/metadata":
-      return self._metadata(spec)
-    doc = tensors.parse_json(body)
-    spec.signature_name = tensors.signature_name(doc)
-    if verb == ":predict":
-      return self._predict(spec, doc, body, deadline)
-    request_input = _json_input(doc, verb[1:])
-    if verb == ":classify":
-      result = asyncio.run(self.core.classify(classification_pb2.ClassificationRequest(
-          model_spec=spec, input=request_input), api="rest", deadline=deadline)).result
-      return {"results": [[[c.label, c.score] for c in row.classes]
-                          for row in result.classifications]}
-    result = asyncio.run(self.core.regress(regression_pb2.RegressionRequest(
-        model_spec=spec, input=request_input), api="rest", deadline=deadline)).result
-    return {"results": [r.value for r in result.regressions]}
-
-  def _predict(self, spec: model_pb2.ModelSpec, doc: dict, body: bytes,
-               deadline: float | None) -> Any:
-    key = spec.signature_name or "serving_default"
-    sig = self.core.signature_defs(spec).get(key)
-    if sig is None:
-      raise ServingError(Code.FAILED_PRECONDITION,
-                         f"Serving signature key \"{tensors.clip(key)}\" not found.")
-    inputs, fmt = tensors.json_to_inputs(doc, {k: v.dtype for k, v in sig.inputs.items()},
-                                         may_have_bools=b"true" in body or b"false" in body)
-    request = predict_pb2.PredictRequest(model_spec=spec)
-    for name, value in inputs.items():
-      request.inputs[name].CopyFrom(tensors.to_proto(value, tensor_content=True))
-    response = asyncio.run(self.core.predict(request, api="rest", deadline=deadline))
-    outputs = {k: tensors.to_numpy(v, k) for k, v in response.outputs.items()}
-    return tensors.outputs_to_json(outputs, fmt)
-
-  def _metadata(self, spec: model_pb2.ModelSpec) -> Any:
-    response = asyncio.run(self.core.metadata(get_model_metadata_pb2.GetModelMetadataRequest(
-        model_spec=spec, metadata_field=["signature_def"]), api="rest"))
-    sigs = get_model_metadata_pb2.SignatureDefMap()
-    response.metadata["signature_def"].Unpack(sigs)
-    return {"model_spec": _to_dict(response.model_spec),
-            "metadata": {"signature_def": _to_dict(sigs)}}
-
-
-def _to_dict(message) -> dict:
-  return json_format.MessageToDict(message, preserving_proto_field_name=True,
-                                   always_print_fields_with_no_presence=True)
-
-
-def _status_json(response: get_model_status_pb2.GetModelStatusResponse) -> dict:
-  return _to_dict(response)
-
-
-# ---------------------------------------------------------- JSON tf.Examples
-
-def _json_input(doc: dict, method: str) -> input_pb2.Input:
-  """An Input from {"context": {...}, "examples": [{...}, ...]}, following
-  TF Serving's MakeExampleFromJsonObject rules."""
-  out = input_pb2.Input()
-  context = doc.get("context")
-  if context is not None:
-    _fill_example(context, out.example_list_with_context.context)
-  examples = doc.get("examples")
-  if examples is None:
-    raise invalid_argument(f"JSON Value: {tensors.short_json(doc)} When method is {method}, key "
-                           "'examples' is expected and was not found")
-  if not isinstance(examples, list):
-    raise invalid_argument(f"JSON Value: {tensors.short_json(doc)} Expecting 'examples' value to "
-                           "be an list/array")
-  if not examples:
-    raise invalid_argument(f"JSON Value: {tensors.short_json(doc)} 'examples' value is an empty "
-                           "array")
-  target = (out.example_list_with_context.examples if context is not None
-            else out.example_list.examples)
-  for item in examples:
-    _fill_example(item, target.add())
-  return out
-
-
-def _fill_example(value: Any, example: example_pb2.Example) -> None:
-  if not isinstance(value, dict):
-    raise invalid_argument(f"Example must be JSON object but got JSON {tensors.json_type(value)}")
-  for name, content in value.items():
-    feature = feature_pb2.Feature()
-    for item in content if isinstance(content, list) else [content]:
-      _add_feature_value(item, name, feature)
-    example.features.feature[name].CopyFrom(feature)
-
-
-def _add_feature_value(value: Any, name: str, feature: feature_pb2.Feature) -> None:
-  def need(kind: str) -> None:
-    current = feature.WhichOneof("kind")
-    if current not in (None, kind):
-      expected = {"bytes_list": "bytes", "float_list": "float", "int64_list": "int64"}[current]
-      raise invalid_argument(
-          f"Unexpected element type in feature: {name} expecting type: {expected}")
-
-  if isinstance(value, bool):
-    need("int64_list")
-    feature.int64_list.value.append(int(value))
-  elif isinstance(value, int):
-    need("int64_list")
-    if not -2**63 <= value < 2**63:
-      raise invalid_argument(f"Feature: {name} has uint64 element. Only int64 is supported.")
-    feature.int64_list.value.append(value)
-  elif isinstance(value, float):
-    need("float_list")
-    feature.float_list.value.append(value)
-  elif isinstance(value, str):
-    need("bytes_list")
-    feature.bytes_list.value.append(value.encode("utf-8"))
-  elif tensors.is_b64(value):
-    need("bytes_list")
-    feature.bytes_list.value.append(tensors.decode_b64(value))
-  else:
-    raise invalid_argument(f"Feature: {name} has element with unexpected JSON type: "
-                           f"{tensors.json_type(value)}")
-
-
-# -------------------------------------------------------------- HTTP handler
-
-class _Handler(http.server.BaseHTTPRequestHandler):
-  rest: RestServer
-  protocol_version = "HTTP/1.1"
-  server_version = "embedded-tf-serving"
-
-  def do_GET(self) -> None:
-    self._serve("GET")
-
-  def do_POST(self) -> None:
-    self._serve("POST")
-
-  def do_PUT(self) -> None:
-    self._serve("PUT")
-
-  def do_DELETE(self) -> None:
-    self._serve("DELETE")
-
-  def do_OPTIONS(self) -> None:
-    if self.rest.cors:
-      self._reply(204, "text/plain", b"", extra={
-          "Access-Control-Allow-Methods": "GET, POST, OPTIONS",
-          "Access-Control-Allow-Headers": "Content-Type"})
-    else:
-      self._serve("OPTIONS")
-
-  def _serve(self, method: str) -> None:
+  async def _read_body(self, request: web.BaseRequest) -> bytes:
+    """The whole body, de-chunked and gunzipped by aiohttp (TF Serving
+    reads both: evhttp_request.cc), at most --rest_api_max_body_bytes."""
+    chunks: list[bytes] = []
+    size = 0
     try:
-      length = int(self.headers.get("Content-Length") or 0)
-    except ValueError:
-      length = -1
-    if length < 0 or length > self.rest.max_body_bytes:
-      self.close_connection = True
-      message = (f"Request body of {length} bytes exceeds the limit of "
-                 f"{self.rest.max_body_bytes} bytes" if length > 0
-                 else "Invalid Content-Length header")
-      self._reply(413 if length > 0 else 400, "application/json",
-                  tensors.dumps({"error": message}))
-      return
-    body = self.rfile.read(length) if length else b""
-    status, content_type, payload = self.rest.handle(method, self.path, body)
-    self._reply(status, content_type, payload)
+      async for chunk in request.content.iter_any():
+        size += len(chunk)
+        if size > self.max_body_bytes:
+          raise _BodyError(413, invalid_argument(
+              f"Request body exceeds the limit of {self.max_body_bytes} bytes "
+              "(--rest_api_max_body_bytes)"))
+        chunks.append(chunk)
+    except (web.RequestPayloadError, HttpProcessingError) as e:  # bad chunks or gzip data
+      raise _BodyError(400, invalid_argument(f"Cannot read the request body: {e}")) from None
+    return b"".join(chunks)
 
-  def _reply(self, status: int, content_type: str, payload: bytes,
-             extra: dict[str, str] | None = None) -> None:
-    self.send_response(status)
-    self.send_header("Content-Type", content_type)
-    self.send_header("Content-Length", str(len(payload)))
-    if self.rest.cors:
-      self.send_header("Access-Control-Allow-Origin", "*")
-    for k, v in (extra or {}).items():
-      self.send_header(k, v)
-    if self.close_connection:
-      self.send_header("Connection", "close")
-    self.end_headers()
-    self.wfile.write(payload)
+  def _preflight(self, request: web.BaseRequest) -> bytes:
+    """http_server.cc: an OPTIONS request is a CORS preflight."""
+    if re.search(r"https?://", request.headers.get("Origin", "")):
+      return b""
+    raise ServingError(Code.FAILED_PRECONDITION, "Origin header is missing in CORS preflight")
 
-  def log_message(self, format: str, *args: Any) -> None:  # noqa: A002  (stdlib signature)
-    log.debug("REST %s - %s", self.address_string(), format % args)
+  async def _process(self, call: "_Call", method: str, uri: str, body: bytes,
+                     deadline: float | None) -> bytes:
+    """http_rest_api_handler.cc: ProcessRequest."""
+    malformed = invalid_argument(f"Malformed request: {method} {_cut(uri)}")
+    if method == "POST":
+      match = _PREDICTION_API.fullmatch(uri)
+      if match is None:
+        raise malformed
+      spec = _model_spec(*match.groups()[:3])
+      call.model, call.verb = spec.name, match[4]
+      if call.verb == "predict":
+        request = predict_pb2.PredictRequest(model_spec=spec)
+        may_have_bools = b"true" in body or b"false" in body
+        fmt = await self._in_pool(lambda: rest_json.fill_predict_request(
+            rest_json.parse(body), functools.partial(self._signature_inputs, spec), request,
+            may_have_bools=may_have_bools))
+        call.counted = True  # the core counts every outcome from here on
+        response = await self.core.predict(request, api="rest", deadline=deadline)
+        return await self._in_pool(lambda: rest_json.predict_response(response, fmt))
+      if call.verb in ("classify", "regress"):
+        classify = call.verb == "classify"
+        request = (classification_pb2.ClassificationRequest if classify
+                   else regression_pb2.RegressionRequest)(model_spec=spec)
+        await self._in_pool(lambda: rest_json.fill_example_request(rest_json.parse(body),
+                                                                   request))
+        call.counted = True
+        if classify:
+          response = await self.core.classify(request, api="rest", deadline=deadline)
+          return rest_json.classification_response(response.result)
+        response = await self.core.regress(request, api="rest", deadline=deadline)
+        return rest_json.regression_response(response.result)
+      raise malformed  # e.g. ":PREDICT": the regex ignores case, the dispatch does not
+    if method == "GET":
+      match = _MODEL_STATUS_API.fullmatch(uri)
+      if match is None:
+        raise malformed
+      spec = _model_spec(*match.groups()[:3])
+      call.model = spec.name
+      if not spec.name:
+        raise invalid_argument("Missing model name in request.")
+      call.counted = True
+      if match[4]:
+        response = await self.core.metadata(get_model_metadata_pb2.GetModelMetadataRequest(
+            model_spec=spec, metadata_field=["signature_def"]), api="rest")
+        return rest_json.metadata_response(response)
+      response = await self.core.status(
+          get_model_status_pb2.GetModelStatusRequest(model_spec=spec), api="rest")
+      return rest_json.status_response(response)
+    raise malformed
+
+  def _count_failure(self, call: "_Call", error: ServingError, started: float) -> None:
+    """http_server.cc counts every /v1 request by model and status, also
+    those that fail before reaching the model (bad URL or JSON)."""
+    self.core.metrics.record_request(
+        model=call.model, version=None, signature="", method="", entrypoint="REST",
+        status=error.code_name, tf_api=call.verb, per_version=False,
+        latency_us=(time.monotonic() - started) * 1e6)
+
+  def _signature_inputs(self, spec: model_pb2.ModelSpec,
+                        signature_name: str) -> dict[str, meta_graph_pb2.TensorInfo]:
+    """http_rest_api_handler.cc: GetInfoMap."""
+    key = signature_name or "serving_default"
+    signature = self.core.signature_defs(spec).get(key)
+    if signature is None:
+      raise invalid_argument(f"Serving signature name: \"{rest_json.cut_name(key)}\" not "
+                             "found in signature def")
+    return dict(signature.inputs)
+
+  async def _in_pool(self, fn: Callable[[], Any]) -> Any:
+    return await asyncio.get_running_loop().run_in_executor(self._pool, fn)
+
+  # -------------------------------------------------------------- replies
+
+  def _prometheus(self, uri: str) -> web.Response:
+    """http_server.cc: ProcessPrometheusRequest."""
+    if uri != self.prometheus_path:
+      text = f"Unexpected path: {_cut(uri)}. Should be {self.prometheus_path}"
+      return web.Response(status=400, text=text, content_type="text/plain")
+    return web.Response(text=self.core.metrics.prometheus_text(), content_type="text/plain")
+
+  def _error(self, request: web.BaseRequest, error: ServingError,
+             status: int | None = None) -> web.Response:
+    """One log line per failed request (no traceback: bad input is not a
+    server fault), then TF Serving's {"error": ...} body."""
+    status = status or error.http_status
+    log.info("REST %s %s -> %d %s: %s", request.method, _cut(request.raw_path, 200), status,
+             error.code_name, _cut(error.message, 300))
+    return self._reply(status, rest_json.error_response(error.message))
+
+  def _reply(self, status: int, body: bytes) -> web.Response:
+    response = web.Response(status=status, body=body, content_type="application/json")
+    if self.cors:
+      response.headers.update(_CORS_HEADERS)
+    return response
 
 
-__all__ = ["RestServer"]
+@dataclasses.dataclass
+class _Call:
+  """What routing learned about a request, for the failure count."""
+  model: str = ""
+  verb: str = ""
+  counted: bool = False
+
+
+class _BodyError(Exception):
+  def __init__(self, status: int, error: ServingError):
+    super().__init__(error.message)
+    self.status, self.error = status, error
+
+
+def _model_spec(name: str | None, version: str | None,
+                label: str | None) -> model_pb2.ModelSpec:
+  """http_rest_api_util.cc: ParseModelInfo and
+  FillModelSpecWithNameVersionAndLabel (names are percent-decoded)."""
+  spec = model_pb2.ModelSpec(name=_decode(name or "", "model name"))
+  if version:
+    number = int(version)
+    if number > _INT64_MAX:
+      raise invalid_argument(f"Failed to convert version: {_cut(version)} to numeric.")
+    spec.version.value = number
+  if label:
+    spec.version_label = _decode(label, "model version label")
+  return spec
+
+
+def _decode(text: str, what: str) -> str:
+  try:
+    return urllib.parse.unquote_to_bytes(text).decode("utf-8")
+  except UnicodeDecodeError:
+    raise invalid_argument(f"Failed to decode {what}:{_cut(text)}") from None
+
+
+def _remaining(deadline: float | None) -> float | None:
+  return None if deadline is None else max(0.0, deadline - time.monotonic())
+
+
+def _cut(text: str, limit: int = 256) -> str:
+  return rest_json.cut_name(text, limit)
+
+
+__all__ = ["BACKLOG", "RestServer"]

@@ -327,7 +327,8 @@ GRPC_ERRORS = {
     "unknown label": (_bad(label="nope"), grpc.StatusCode.INVALID_ARGUMENT,
                       "Unrecognized servable version label: nope"),
     "unknown signature": (_bad(signature="nope"), grpc.StatusCode.FAILED_PRECONDITION,
-                          'Serving signature key "nope" not found.'),
+                          # http_rest_api_handler.cc: GetInfoMap
+                          'Serving signature name: "nope" not found in signature def'),
     "wrong dtype": (_bad(inputs={"images": GOOD.astype(np.int32)}),
                     grpc.StatusCode.INVALID_ARGUMENT, "to be float but int32 is provided"),
     # The graph, not the SignatureDef, decides: 4x4 images would be answered.
@@ -395,7 +396,8 @@ REST_ERRORS = {
                       "Unrecognized servable version label: nope"),
     "unknown signature": (TINY + ":predict", {"signature_name": "nope",
                                               "instances": [_image_row()]}, 400,
-                          'Serving signature key "nope" not found.'),
+                          # http_rest_api_handler.cc: GetInfoMap
+                          'Serving signature name: "nope" not found in signature def'),
     "bad signature_name": (TINY + ":predict", {"signature_name": 3, "instances": [1]}, 400,
                            "'signature_name' key must be a string value."),
     "malformed url": (TINY + ":explode", {"instances": [1]}, 400, "Malformed request"),

@@ -1,0 +1,217 @@
+"""The REST front end as an HTTP server: many simultaneous connections, slow
+clients, chunked and gzip bodies, and hostile input, all over raw sockets
+so nothing in a client library can hide what the server does.
+
+The server runs with a 2 s --rest_api_timeout_in_ms so the slow-header test
+is quick; with TF_SERVING_REST set, the tests that do not depend on that
+run against a real tensorflow_model_server (see conftest.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import json
+import re
+import socket
+import time
+from typing import Iterator
+
+import numpy as np
+import pytest
+
+from tests.serving import helpers
+from tests.serving.conftest import REMOTE_REST, needs_embedded
+
+TINY = helpers.TF2_MODEL
+S = helpers.IMAGE_SIZE
+TIMEOUT_MS = 2000
+PREDICT = f"/v1/models/{TINY}:predict"
+
+
+@pytest.fixture(scope="module")
+def server(repository) -> Iterator[helpers.ServerProcess | None]:
+  if REMOTE_REST:
+    yield None
+    return
+  proc = helpers.ServerProcess([
+      f"--port={helpers.free_port()}", f"--rest_api_port={helpers.free_port()}",
+      f"--model_config_file={repository / 'models.config'}",
+      "--file_system_poll_wait_seconds=0", f"--rest_api_timeout_in_ms={TIMEOUT_MS}",
+      f"--rest_api_max_body_bytes={20 << 20}"])
+  yield proc
+  proc.stop()
+
+
+@pytest.fixture(scope="module")
+def address(server) -> tuple[str, int]:
+  host, port = (REMOTE_REST or server.rest_address).rsplit(":", 1)
+  return host, int(port)
+
+
+def _body() -> bytes:
+  return json.dumps({"instances": [np.full((S, S, 3), 0.25).tolist()]}).encode()
+
+
+def _request(method: str, path: str, body: bytes = b"", headers: dict | None = None) -> bytes:
+  lines = [f"{method} {path} HTTP/1.1", "Host: test"]
+  lines += [f"{k}: {v}" for k, v in (headers or {"Content-Length": len(body)}).items()]
+  return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
+
+
+def _exchange(address: tuple[str, int], data: bytes, wait: float = 3.0) -> bytes:
+  """Everything the server sends back within `wait` seconds (or until it
+  closes): room for a second, smuggled response to show up."""
+  with socket.create_connection(address, timeout=30) as sock:
+    sock.sendall(data)
+    sock.settimeout(0.2)
+    received = b""
+    end = time.monotonic() + wait
+    while time.monotonic() < end:
+      try:
+        chunk = sock.recv(65536)
+      except socket.timeout:
+        continue
+      if not chunk:
+        break
+      received += chunk
+  return received
+
+
+def _responses(raw: bytes) -> list[tuple[int, bytes]]:
+  """(status, body) of each response in a byte stream of Content-Length
+  framed responses."""
+  out = []
+  while raw:
+    head, _, rest = raw.partition(b"\r\n\r\n")
+    status = int(head.split(b" ", 2)[1])
+    length = int(re.search(rb"(?i)content-length:\s*(\d+)", head)[1])
+    out.append((status, rest[:length]))
+    raw = rest[length:]
+  return out
+
+
+def _chunked(data: bytes, size: int) -> bytes:
+  pieces = [data[i:i + size] for i in range(0, len(data), size)]
+  return b"".join(b"%x\r\n%s\r\n" % (len(p), p) for p in pieces) + b"0\r\n\r\n"
+
+
+# ------------------------------------------------------------- concurrency
+
+def test_300_simultaneous_connections_are_all_answered(address):
+  """All 300 connect before any sends a byte, then all ask at once (the
+  old server's backlog of 5 dropped or stalled most of them)."""
+  async def main() -> list[int]:
+    conns = await asyncio.gather(*[asyncio.open_connection(*address) for _ in range(300)])
+    async def ask(reader, writer) -> int:
+      writer.write(_request("GET", f"/v1/models/{TINY}", headers={"Connection": "close"}))
+      await writer.drain()
+      raw = await reader.read()
+      writer.close()
+      return _responses(raw)[0][0]
+    return await asyncio.wait_for(asyncio.gather(*[ask(r, w) for r, w in conns]), 120)
+
+  statuses = asyncio.run(main())
+  assert statuses == [200] * 300
+
+
+@needs_embedded
+def test_slow_header_connections_are_closed_after_the_timeout(address):
+  """Connections that dribble a header line slower than the REST timeout
+  are closed (each one used to hold a thread forever); meanwhile the
+  server answers others."""
+  socks = [socket.create_connection(address, timeout=30) for _ in range(50)]
+  started = time.monotonic()
+  for sock in socks:
+    sock.sendall(b"GET /v1/models/tiny HTTP/1.1\r\nHost: slow\r\n")
+  assert _responses(_exchange(address, _request(
+      "GET", f"/v1/models/{TINY}", headers={"Connection": "close"})))[0][0] == 200
+  open_socks = list(socks)
+  while open_socks and time.monotonic() - started < 30:
+    time.sleep(0.5)
+    for sock in list(open_socks):
+      try:
+        sock.sendall(b"X")  # a byte of a header that never ends
+      except OSError:
+        open_socks.remove(sock)
+  closed_after = time.monotonic() - started
+  for sock in socks:
+    sock.close()
+  assert not open_socks, f"{len(open_socks)} of 50 still open after {closed_after:.0f} s"
+  assert closed_after >= TIMEOUT_MS / 1000
+
+
+# --------------------------------------------------------- body framing
+
+def test_chunked_body_is_read_as_one_request(address):
+  plain = _responses(_exchange(address, _request("POST", PREDICT, _body())))
+  chunked = _responses(_exchange(address, _request(
+      "POST", PREDICT, _chunked(_body(), 100), headers={"Transfer-Encoding": "chunked"})))
+  assert [s for s, _ in plain] == [200] and [s for s, _ in chunked] == [200]
+  assert json.loads(chunked[0][1]) == json.loads(plain[0][1])
+
+
+def test_chunked_body_that_looks_like_a_request_is_not_smuggled(address):
+  smuggled = _request("GET", "/v1/models/smuggled")
+  replies = _responses(_exchange(address, _request(
+      "POST", PREDICT, _chunked(smuggled, 16), headers={"Transfer-Encoding": "chunked"})))
+  assert len(replies) == 1, replies
+  status, body = replies[0]
+  assert status == 400 and "JSON Parse error" in json.loads(body)["error"]
+
+
+def test_gzip_body_is_accepted(address):
+  plain = _responses(_exchange(address, _request("POST", PREDICT, _body())))
+  packed = gzip.compress(_body())
+  zipped = _responses(_exchange(address, _request("POST", PREDICT, packed, headers={
+      "Content-Encoding": "gzip", "Content-Length": len(packed)})))
+  assert [s for s, _ in zipped] == [200]
+  assert json.loads(zipped[0][1]) == json.loads(plain[0][1])
+
+
+@needs_embedded
+def test_gzip_body_is_bounded_after_decompression(address):
+  bomb = gzip.compress(b" " * (30 << 20))   # 30 KB that inflate past the 20 MB limit
+  replies = _responses(_exchange(address, _request("POST", PREDICT, bomb, headers={
+      "Content-Encoding": "gzip", "Content-Length": len(bomb)})))
+  assert [s for s, _ in replies] == [413]
+  assert "exceeds the limit" in json.loads(replies[0][1])["error"]
+
+
+# ------------------------------------------------------------- bad input
+
+_DEEP = b'{"instances":' + b"[" * 10000 + b"]" * 10000 + b"}"
+_ROW = np.zeros((S, S, 3)).tolist()
+BAD_INPUT = {
+    "json nested 10,000 deep": (PREDICT, _DEEP, "JSON Parse error"),
+    "version beyond int64": (f"/v1/models/{TINY}/versions/99999999999999999999", None,
+                             "Failed to convert version: 99999999999999999999 to numeric."),
+    "lone surrogate in signature_name": (
+        PREDICT, b'{"signature_name": "\\ud800", "instances": [1]}', "JSON Parse error"),
+    "10 MB signature name": (
+        PREDICT, json.dumps({"signature_name": "s" * (10 << 20), "instances": [_ROW]}).encode(),
+        "not found in signature def"),
+    "malformed json": (PREDICT, b'{"instances": [1,', "JSON Parse error"),
+    "invalid utf-8": (PREDICT, b'{"instances": ["\xff"]}', "JSON Parse error"),
+    "huge integer": (PREDICT, b'{"instances": [' + b"9" * 5000 + b"]}", "JSON Parse error"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_INPUT))
+def test_bad_input_is_a_400_with_a_short_message(server, address, case):
+  path, body, message = BAD_INPUT[case]
+  logged = len(server.lines) if server else 0
+  raw = _request("GET", path) if body is None else _request("POST", path, body)
+  replies = _responses(_exchange(address, raw + _request(
+      "GET", f"/v1/models/{TINY}", headers={"Connection": "close"}), wait=30))
+  assert [s for s, _ in replies] == [400, 200], replies
+  error = json.loads(replies[0][1])["error"]
+  assert message in error and len(error) < 2000
+  if server is not None:  # one log line for the bad request, no traceback
+    end = time.monotonic() + 10
+    while time.monotonic() < end and not any("-> 400" in s for s in server.lines[logged:]):
+      time.sleep(0.1)
+    time.sleep(0.3)
+    new = server.lines[logged:]
+    assert len([line for line in new if "-> 400" in line]) == 1, new
+    assert not any("Traceback" in line for line in new), new
