@@ -37,7 +37,7 @@ from tensorflow_serving.apis import (classification_pb2, get_model_metadata_pb2,
                                      get_model_status_pb2, model_pb2, predict_pb2,
                                      regression_pb2)
 
-from serving import rest_json
+from serving import rest_json, tensors
 from serving.core import Core
 from serving.errors import Code, ServingError, invalid_argument
 
@@ -246,7 +246,7 @@ class RestServer:
     key = signature_name or "serving_default"
     signature = self.core.signature_defs(spec).get(key)
     if signature is None:
-      raise invalid_argument(f"Serving signature name: \"{rest_json.cut_name(key)}\" not "
+      raise invalid_argument(f"Serving signature name: \"{tensors.clip(key)}\" not "
                              "found in signature def")
     return dict(signature.inputs)
 
@@ -319,7 +319,7 @@ def _remaining(deadline: float | None) -> float | None:
 
 
 def _cut(text: str, limit: int = 256) -> str:
-  return rest_json.cut_name(text, limit)
+  return tensors.clip(text, limit)
 
 
 __all__ = ["BACKLOG", "RestServer"]

@@ -36,6 +36,7 @@ from tensorflow_serving.apis import (classification_pb2, get_model_metadata_pb2,
                                      regression_pb2)
 
 from serving.errors import Code, ServingError, invalid_argument
+from serving.tensors import clip, dtype_name
 
 _DEBUG_BYTES = 256        # json_tensor.cc: kMaxJsonDebugStringBytes
 _MAX_DIMS = 254           # tensorflow/core/framework/tensor_shape.h: MaxDimensions()
@@ -68,7 +69,7 @@ def parse(body: bytes) -> dict:
   except RecursionError:
     raise invalid_argument("JSON Parse error: The document is nested too deeply") from None
   except ValueError as e:  # e.g. an integer of more than 4300 digits
-    raise invalid_argument(f"JSON Parse error: {cut_name(str(e))}") from None
+    raise invalid_argument(f"JSON Parse error: {clip(str(e))}") from None
   # rapidjson refuses "\ud800" without its pair; Python keeps it as a lone
   # surrogate that no proto string field accepts.
   if _SURROGATE_ESCAPE.search(body) and _has_lone_surrogate(doc):
@@ -119,7 +120,7 @@ def fill_predict_request(doc: Mapping[str, Any], get_inputs: Callable[[str], Inf
   infos = get_inputs(name)
   if not infos:
     raise invalid_argument(
-        f"Failed to get input map for signature: {cut_name(name) if name else 'DEFAULT'}")
+        f"Failed to get input map for signature: {clip(name) if name else 'DEFAULT'}")
   dtypes = {key: infos[key].dtype for key in sorted(infos)}
   if "instances" in doc:
     if "inputs" in doc:
@@ -199,10 +200,10 @@ def _check_named_instances(instances: list, dtypes: Mapping[str, int]) -> None:
     for key, value in item.items():
       try:
         if key not in dtypes:
-          raise invalid_argument(f"JSON object: does not have named input: {cut_name(key)}")
+          raise invalid_argument(f"JSON object: does not have named input: {clip(key)}")
         firsts[key] = _same_as_first(firsts.get(key), *_check_value(value, dtypes[key]))
       except ServingError as e:
-        raise invalid_argument(f"Failed to process element: {i} key: {cut_name(key)} of "
+        raise invalid_argument(f"Failed to process element: {i} key: {clip(key)} of "
                                f"'instances' list. Error: {_status_text(e)}") from None
     if item.keys() != dtypes.keys():
       raise invalid_argument(
@@ -445,7 +446,7 @@ def _add_feature_value(value: Any, name: str, feature: feature_pb2.Feature) -> N
     if current not in (None, kind):
       expected = {"bytes_list": "bytes", "float_list": "float", "int64_list": "int64"}[current]
       raise invalid_argument(
-          f"Unexpected element type in feature: {cut_name(name)} expecting type: {expected}")
+          f"Unexpected element type in feature: {clip(name)} expecting type: {expected}")
 
   if isinstance(value, bool):
     need("int64_list")
@@ -454,13 +455,13 @@ def _add_feature_value(value: Any, name: str, feature: feature_pb2.Feature) -> N
     need("int64_list")
     if value >= 2**63:
       raise invalid_argument(
-          f"Feature: {cut_name(name)} has uint64_t element. Only int64_t is supported.")
+          f"Feature: {clip(name)} has uint64_t element. Only int64_t is supported.")
     feature.int64_list.value.append(value)
   elif isinstance(value, (int, float)):
     need("float_list")
     if isinstance(value, int) and value >= 2**1024:
       raise invalid_argument(
-          f"Feature: {cut_name(name)} has a number too big to be stored in double.")
+          f"Feature: {clip(name)} has a number too big to be stored in double.")
     feature.float_list.value.append(float(value))
   elif isinstance(value, str):
     need("bytes_list")
@@ -469,7 +470,7 @@ def _add_feature_value(value: Any, name: str, feature: feature_pb2.Feature) -> N
     need("bytes_list")
     feature.bytes_list.value.append(_decode_b64(value))
   else:
-    raise invalid_argument(f"Feature: {cut_name(name)} has element with unexpected JSON "
+    raise invalid_argument(f"Feature: {clip(name)} has element with unexpected JSON "
                            f"type: {json_type(value)}")
 
 
@@ -496,7 +497,8 @@ def predict_response(response: predict_pb2.PredictResponse, fmt: Format) -> byte
       raise invalid_argument(
           f"Tensor name: {n} has inconsistent batch size: {size} expecting: {batch}")
     batch = size
-  rows = {n: [_values_text(n, row, dtypes[n]) for row in arrays[n]] for n in names}
+  rows = {n: [_values_text(n, arrays[n][i, ...], dtypes[n]) for i in range(batch)]
+          for n in names}
   items = [_object({n: rows[n][i] for n in names}) if many else rows[names[0]][i]
            for i in range(batch)]
   return b'{"predictions":[' + ",".join(items).encode() + b"]}"
@@ -668,12 +670,6 @@ class _Pair:
     self.key, self.value = key, value
 
 
-def cut_name(name: str, limit: int = _DEBUG_BYTES) -> str:
-  """A client-supplied name as it may appear in a message: at most `limit`
-  characters (a 10 MB signature name must not come back as a 10 MB error)."""
-  return name if len(name) <= limit else name[:limit] + "..."
-
-
 def json_type(value: Any) -> str:
   """json_tensor.cc: JsonTypeString."""
   if value is None:
@@ -681,15 +677,6 @@ def json_type(value: Any) -> str:
   if isinstance(value, bool):
     return "True" if value else "False"
   return {dict: "Object", list: "Array", str: "String"}.get(type(value), "Number")
-
-
-def dtype_name(dtype: int) -> str:
-  """TF's DataTypeString: "float", "uint8", "string", ..."""
-  try:
-    name = tf.dtypes.as_dtype(dtype).name
-  except TypeError:
-    return f"<invalid {dtype}>"
-  return {"float32": "float", "float64": "double", "float16": "half"}.get(name, name)
 
 
 def _type_error(value: Any, dtype: int) -> ServingError:

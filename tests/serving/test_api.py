@@ -327,8 +327,7 @@ GRPC_ERRORS = {
     "unknown label": (_bad(label="nope"), grpc.StatusCode.INVALID_ARGUMENT,
                       "Unrecognized servable version label: nope"),
     "unknown signature": (_bad(signature="nope"), grpc.StatusCode.FAILED_PRECONDITION,
-                          # http_rest_api_handler.cc: GetInfoMap
-                          'Serving signature name: "nope" not found in signature def'),
+                          'Serving signature key "nope" not found.'),
     "wrong dtype": (_bad(inputs={"images": GOOD.astype(np.int32)}),
                     grpc.StatusCode.INVALID_ARGUMENT, "to be float but int32 is provided"),
     # The graph, not the SignatureDef, decides: 4x4 images would be answered.

@@ -1,6 +1,6 @@
-"""Unit tests of the pieces behind the servers: JSON <-> tensors, TensorProto
-parsing limits and the metrics text, without starting a server (the batcher:
-test_batching.py)."""
+"""Unit tests of the pieces behind the servers: TensorProto parsing limits
+and the metrics text, without starting a server (the batcher:
+test_batching.py; REST's JSON: test_rest_json.py)."""
 
 from __future__ import annotations
 
@@ -13,46 +13,7 @@ from serving.errors import ServingError
 from serving.metrics import Metrics
 from serving.rollout import compare
 
-FLOAT, UINT8, STRING = types_pb2.DT_FLOAT, types_pb2.DT_UINT8, types_pb2.DT_STRING
-
-
-def test_json_row_and_columnar_inputs():
-  arrays, fmt = tensors.json_to_inputs({"instances": [[1, 2.5], [3, 4]]}, {"x": FLOAT})
-  assert fmt == "row" and arrays["x"].dtype == np.float32
-  np.testing.assert_array_equal(arrays["x"], [[1, 2.5], [3, 4]])
-  arrays, fmt = tensors.json_to_inputs(
-      {"inputs": {"a": [[1, 2]], "s": [{"b64": "aGk="}, "yo"]}}, {"a": UINT8, "s": STRING})
-  assert fmt == "columnar" and arrays["a"].dtype == np.uint8
-  assert arrays["s"].tolist() == [b"hi", b"yo"]
-  arrays, _ = tensors.json_to_inputs({"instances": [{"a": 1, "s": "x"}, {"a": 2, "s": "y"}]},
-                                     {"a": UINT8, "s": STRING})
-  assert arrays["a"].tolist() == [1, 2] and arrays["s"].tolist() == [b"x", b"y"]
-
-
-@pytest.mark.parametrize("doc, message", [
-    ({"instances": [[1, 2], [3]]}, "Encountered list at unexpected size"),
-    ({"instances": [[1, True]]}, "Type: True is not of expected type: float"),
-    ({"instances": [256]}, "out of range"),
-    ({"instances": [1.5]}, "is not of expected type: uint8"),
-    ({"instances": [{"x": 1, "y": 2}]}, "does not have named input: y"),
-])
-def test_json_input_errors(doc, message):
-  dtype = UINT8 if doc["instances"] in ([256], [1.5]) else FLOAT
-  with pytest.raises(ServingError, match=message):
-    tensors.json_to_inputs(doc, {"x": dtype})
-
-
-def test_json_outputs_follow_tf_serving_shapes():
-  outputs = {"scores": np.array([[0.5, 0.25]], np.float32),
-             "label_bytes": np.array([b"\xff"], dtype=object),
-             "label": np.array([b"cat"], dtype=object)}
-  row = tensors.outputs_to_json(outputs, "row")
-  assert row == {"predictions": [{"label": "cat", "label_bytes": {"b64": "/w=="},
-                                  "scores": [0.5, 0.25]}]}
-  assert tensors.outputs_to_json({"y": np.array([1, 2], np.int32)}, "columnar") == \
-      {"outputs": [1, 2]}
-  with pytest.raises(ServingError, match="inconsistent batch size"):
-    tensors.outputs_to_json({"a": np.zeros(2), "b": np.zeros(3)}, "row")
+FLOAT = types_pb2.DT_FLOAT
 
 
 def test_tensor_proto_round_trip():
