@@ -8,13 +8,22 @@
 `--repo` may be an object-storage URL (s3://bucket/models; gs:// needs gcsfs,
 which is not pinned): see export/remote.py. Progress (each step with its duration) goes to stderr;
 the published version directory (or its URL) is printed on stdout. Exit
-status 0 on success, 1 when the export failed (nothing was published), 2 for
-bad arguments.
+status:
+
+  0  published (or found already published by an earlier run of the same
+     export), and added to models.config
+  1  the export failed; nothing was published
+  2  bad arguments (checked before anything is read: unknown checkpoint
+     names, missing files, unknown --model, ...)
+  3  the version IS published (its directory is printed on stdout), but
+     models.config could not be updated; run the same command again to add
+     it (the version is not exported twice)
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from export import quiet, steplog
@@ -51,13 +60,44 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.error("--image-size must be positive")
   if args.version is not None and args.version < 0:
     p.error("--version must not be negative")
+  problem = _argument_problem(args)
+  if problem:
+    p.error(problem)
   return args
+
+
+def _argument_problem(args: argparse.Namespace) -> str | None:
+  """What is wrong with the arguments, found before TensorFlow is imported
+  and anything is downloaded or written; None when nothing."""
+  from export import configs, zoo
+
+  name = args.name
+  if not name or name.startswith(".") or os.sep in name or name != name.strip():
+    return f"--name: bad model name {name!r}"
+  if args.kind == "features" and args.labels is not None:
+    return "--labels applies to classifiers only, not to --kind features"
+  if args.labels is not None and not os.path.isfile(args.labels):
+    return f"--labels: {args.labels}: no such file"
+  try:
+    zoo.resolve(args.checkpoint)
+  except (OSError, ValueError) as e:  # no such file, unknown or malformed name
+    return f"--checkpoint: {e}"
+  spec = args.config or args.model
+  if spec:
+    flag = "--config" if args.config else "--model"
+    try:
+      configs.get_config(spec)
+    except KeyError as e:
+      return f"{flag}: {e.args[0]}"
+    except (OSError, ValueError) as e:  # no such file, not JSON
+      return f"{flag}: {e}"
+  return None
 
 
 def main(argv: list[str]) -> int:
   args = parse_args(argv)
   quiet.import_tensorflow(args.verbose)
-  from export import exporter  # heavy: TF + JAX
+  from export import exporter, repository  # heavy: TF + JAX
   try:
     with steplog.on_stderr():
       path = exporter.export_checkpoint(
@@ -65,6 +105,10 @@ def main(argv: list[str]) -> int:
           image_size=args.image_size, kind=args.kind, labels=args.labels,
           version=args.version,
           model_config_file=args.model_config or exporter.DEFAULT_MODEL_CONFIG)
+  except repository.NotRegisteredError as e:
+    print(f"export: error: {e}", file=sys.stderr)
+    print(e.target)
+    return 3
   except (RuntimeError, ValueError, KeyError, OSError) as e:
     # ExportError, PublishError, DownloadError (RuntimeError); CheckpointError
     # (ValueError); unknown model names (KeyError); file errors (OSError).

@@ -43,7 +43,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from export import quiet
 
@@ -94,6 +94,9 @@ if __name__ == "__main__":
 from export import digits, steplog  # noqa: E402
 from export.checkpoint import save_checkpoint  # noqa: E402
 from export.download import sha256  # noqa: E402
+
+if TYPE_CHECKING:  # the exporter imports TensorFlow; only its type is needed here
+  from export.exporter import ModelConfigFile
 
 RUNS: dict[str, digits.Recipe] = {     # published in this order: versions 1, 2
     "short": digits.Recipe(steps=500),
@@ -232,7 +235,7 @@ def model_name_for(checkpoint: str) -> str:
   return slug if slug.startswith("vit") else f"vit_{slug}"
 
 
-def export_default(repo: str | os.PathLike, *, model_config_file: str | os.PathLike | None,
+def export_default(repo: str | os.PathLike, *, model_config_file: ModelConfigFile,
                    name: str = MODEL_NAME, cache_dir: str | os.PathLike | None = None,
                    kind: str = "classifier", log: Log = print) -> list[Path | str]:
   """Trains (or reuses) both runs and publishes the ones not yet published.
@@ -260,7 +263,7 @@ def export_default(repo: str | os.PathLike, *, model_config_file: str | os.PathL
 
 
 def export_named(checkpoint: str, repo: str | os.PathLike, *,
-                 model_config_file: str | os.PathLike | None, name: str | None = None,
+                 model_config_file: ModelConfigFile, name: str | None = None,
                  kind: str = "classifier", log: Log = print) -> Path | str:
   """Exports a real checkpoint by name, unless its file is already published."""
   from export import download, zoo

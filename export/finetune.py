@@ -283,7 +283,7 @@ def save_fine_tuned(backbone: Any, kernel: tf.Variable, bias: tf.Variable,
 
 def fine_tune(features_model: str | os.PathLike, images: str | os.PathLike,
               repo: str | os.PathLike, name: str, recipe: Recipe = Recipe(), *,
-              model_config_file: str | os.PathLike | None = exporter.DEFAULT_MODEL_CONFIG,
+              model_config_file: exporter.ModelConfigFile = exporter.DEFAULT_MODEL_CONFIG,
               checkpoint_dir: str | os.PathLike | None = None, log: Log = print) -> Result:
   """Fine-tunes and publishes `<repo>/<name>/<next version>/`.
 

@@ -9,11 +9,27 @@ Layout (what TF Serving's file-system source polls):
 A version is written into a temporary directory in `<repo>/<name>/` (the same
 file system, so the final `os.rename` is atomic) and renamed to its integer
 name only when complete and verified: a crash or Ctrl-C at any moment leaves
-either no new version or a complete one. A handled failure removes its
-temporary directory; one left by a killed process (SIGKILL, power loss) is
-removed by the next export of that model once its process is gone. Files are
-not fsync'ed, so after a power loss a renamed version may still be incomplete.
-An existing version is never overwritten.
+either no new version or a complete one. An existing version is never
+overwritten. Files are not fsync'ed, so after a power loss a renamed version
+may still be incomplete.
+
+Several writers may share a repository (containers on one volume, CI jobs),
+so a live export is recognised by a lock, not by its process id (the pid in
+the name is only for people: another PID namespace has other pids). The
+writer holds an exclusive `flock` on the temporary directory from creation to
+rename; the next export of the model removes a temporary directory only when
+it can take that lock, i.e. when its writer has died (SIGKILL, power loss) and
+the kernel released it. flock covers every process on one kernel (containers
+included); on NFS it depends on the server's lock support.
+
+Temporary directories are created with mode 0777 minus the umask, so a
+published version gets the permissions the umask gives (0755 under the usual
+022) and a server running as another user can read it.
+
+Each version's `assets.extra/export_manifest.json` records a fingerprint of
+what was exported (checkpoint sha256 and options); `find_export` lets a retry
+of the same export find the version an earlier run published instead of
+making a second one.
 
 `models.config` is a `tensorflow_serving.config.ModelServerConfig` text proto.
 A newly exported model gets an entry
@@ -26,30 +42,40 @@ embedded server resolves a relative base_path against its working directory
 (it runs from the project root, next to `models.config`), and the compose and
 Kubernetes deployments, where tensorflow_model_server refuses relative paths,
 serve a copy with them made absolute (serving/config/tfserving-entrypoint.sh).
-Existing entries
-(policies, labels, ...) and the file's leading comments are left as they are;
-the file is rewritten only when an entry is added, through
+Existing entries (policies, labels, ...) and the file's leading comments are
+left as they are; the file is rewritten only when an entry is added, through
 `clients.model_config.update`, which serializes it with the other writer (the
 rollout tool) and replaces the file atomically.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import json
 import os
-import re
+import secrets
 import shutil
-import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from clients import model_config
 
 _TMP_PREFIX = ".tmp-"
-_TMP_NAME = re.compile(r"^\.tmp-(\d+)-")
+MANIFEST = Path("assets.extra") / "export_manifest.json"
+"""Where in a version the exporter writes its manifest."""
 
 
 class PublishError(RuntimeError):
   """The version cannot be published (exists already, bad config file, ...)."""
+
+
+class NotRegisteredError(PublishError):
+  """The version IS published, but models.config could not be updated."""
+
+  def __init__(self, message: str, target: Path):
+    super().__init__(message)
+    self.target = target
 
 
 def versions(model_dir: str | os.PathLike) -> list[int]:
@@ -66,33 +92,80 @@ def next_version(model_dir: str | os.PathLike) -> int:
   return existing[-1] + 1 if existing else 1
 
 
-def _process_alive(pid: int) -> bool:
+def _try_lock(path: Path) -> int | None:
+  """An fd holding the exclusive lock of directory `path`, or None when a
+  live writer holds it (or the directory is gone)."""
   try:
-    os.kill(pid, 0)
-  except ProcessLookupError:
-    return False
-  except PermissionError:
-    return True
-  return True
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+  except FileNotFoundError:
+    return None
+  try:
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+  except BlockingIOError:
+    os.close(fd)
+    return None
+  return fd
 
 
 def remove_stale_temporaries(model_dir: str | os.PathLike) -> list[Path]:
-  """Removes temporary export directories whose process no longer runs."""
+  """Removes the temporary export directories that no live writer holds."""
   model_dir = Path(model_dir)
   removed = []
   if not model_dir.is_dir():
     return removed
-  for p in model_dir.iterdir():
-    m = _TMP_NAME.match(p.name)
-    if m and p.is_dir() and not _process_alive(int(m.group(1))):
+  for p in sorted(model_dir.iterdir()):
+    if not p.name.startswith(_TMP_PREFIX) or not p.is_dir():
+      continue
+    fd = _try_lock(p)
+    if fd is None:
+      continue
+    try:
       shutil.rmtree(p, ignore_errors=True)
-      removed.append(p)
+    finally:
+      os.close(fd)
+    removed.append(p)
   return removed
 
 
-def make_temporary(model_dir: str | os.PathLike) -> Path:
-  """A fresh temporary directory for one export inside `model_dir`."""
-  return Path(tempfile.mkdtemp(prefix=f"{_TMP_PREFIX}{os.getpid()}-", dir=model_dir))
+def _create_locked(model_dir: Path) -> tuple[Path, int]:
+  """A new temporary directory and the fd holding its lock.
+
+  Between `mkdir` and `flock` another export may take the still unlocked
+  directory for stale and remove it; then the lock is on a deleted directory,
+  which the inode comparison detects, and a new one is made.
+  """
+  for _ in range(5):
+    path = model_dir / f"{_TMP_PREFIX}{os.getpid()}-{secrets.token_hex(4)}"
+    os.mkdir(path, 0o777)  # the umask applies, and so to the published version
+    try:
+      fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    except FileNotFoundError:
+      continue
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    with contextlib.suppress(FileNotFoundError):
+      if os.path.samestat(os.fstat(fd), os.stat(path)):
+        return path, fd
+    os.close(fd)
+  raise PublishError(f"cannot create a temporary directory in {model_dir}: another "
+                     f"export keeps removing them")
+
+
+@contextlib.contextmanager
+def staging(model_dir: str | os.PathLike) -> Iterator[Path]:
+  """A locked temporary directory for one export inside `model_dir`.
+
+  The lock is held for the whole block, so concurrent exports never take it
+  for stale. Whatever is still there when the block ends (not published, or
+  after an error) is removed.
+  """
+  path, fd = _create_locked(Path(model_dir))
+  try:
+    yield path
+  finally:
+    try:
+      shutil.rmtree(path, ignore_errors=True)  # a published one is no longer there
+    finally:
+      os.close(fd)
 
 
 def publish(tmp: str | os.PathLike, model_dir: str | os.PathLike, version: int) -> Path:
@@ -105,6 +178,21 @@ def publish(tmp: str | os.PathLike, model_dir: str | os.PathLike, version: int) 
   except OSError as e:  # e.g. ENOTEMPTY: another export took this version meanwhile
     raise PublishError(f"cannot publish {target}: {e}") from None
   return target
+
+
+def find_export(model_dir: str | os.PathLike, fingerprint: str,
+                version: int | None = None) -> Path | None:
+  """The published version whose manifest has `fingerprint` (only `version`
+  when given), or None: how a retry finds what an earlier run published."""
+  candidates = [version] if version is not None else versions(model_dir)
+  for v in candidates:
+    try:
+      manifest = json.loads((Path(model_dir) / str(v) / MANIFEST).read_text())
+    except (OSError, ValueError):
+      continue
+    if manifest.get("fingerprint") == fingerprint:
+      return Path(model_dir) / str(v)
+  return None
 
 
 def default_model_config(repo: str | os.PathLike) -> Path:

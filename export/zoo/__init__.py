@@ -18,8 +18,10 @@ features, as a feature extractor from the same checkpoint.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +30,11 @@ from export import augreg, configs, download
 
 KINDS = contract.KINDS
 _SEED_FILE = Path(__file__).resolve().parent.parent / "data" / "seed_models.json"
+
+
+class UnknownCheckpointError(FileNotFoundError):
+  """A --checkpoint value that is no file, URL or known name. A
+  FileNotFoundError, because for a path that is what it is."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -73,6 +80,8 @@ def resolve(src: str) -> ResolvedCheckpoint:
   Raises:
     augreg.AugregNameError: a bare name shaped like an augreg name that does
       not parse (e.g. an unknown model prefix).
+    UnknownCheckpointError: anything else that is neither an existing file
+      nor a URL; the message suggests the close seed names.
   """
   src = os.fspath(src)
   seed = SEED_MODELS.get(src)
@@ -89,7 +98,44 @@ def resolve(src: str) -> ResolvedCheckpoint:
   if os.sep not in src and augreg.looks_like_name(src):
     parsed = augreg.parse_name(src)
     return _from_augreg(parsed, parsed.source)
-  return ResolvedCheckpoint(source=src)
+  raise UnknownCheckpointError(_unknown(src))
+
+
+# timm's names for the ViT sizes ("vit_base_patch16_224" is B/16 at 224 px),
+# which people coming from timm or Hugging Face type first.
+_TIMM_NAME = re.compile(r"vit_(tiny|small|base|large|huge)_patch(\d+)")
+_TIMM_SIZES = {"tiny": "Ti", "small": "S", "base": "B", "large": "L", "huge": "H"}
+
+
+def _squash(name: str) -> str:
+  """Lower case without separators: "B/16", "b16" and "B-16" compare equal."""
+  return re.sub(r"[^a-z0-9+]", "", name.lower())
+
+
+def suggestions(name: str) -> list[str]:
+  """Seed model names close to `name`, best first (at most 3); only the one
+  that differs in case and separators when there is one."""
+  squashed = {_squash(n): n for n in SEED_MODELS}
+  if _squash(name) in squashed:
+    return [squashed[_squash(name)]]
+  out = []
+  m = _TIMM_NAME.search(name.lower())
+  if m:
+    out.append(f"{_TIMM_SIZES[m.group(1)]}/{m.group(2)}")
+  out += [squashed[s] for s in difflib.get_close_matches(_squash(name), squashed, n=3,
+                                                         cutoff=0.6)]
+  return [n for n in dict.fromkeys(out) if n in SEED_MODELS][:3]
+
+
+def _unknown(src: str) -> str:
+  """The error for an unresolvable value: a missing file when it looks like a
+  path (seed names contain "/", so a slash alone does not make one)."""
+  close = suggestions(src)
+  hint = f"; did you mean {' or '.join(close)}?" if close else ""
+  if src.endswith(".npz") or src.startswith((os.sep, ".", "~")):
+    return f"{src}: no such file{hint}"
+  return (f"{src!r} is not a checkpoint name, an existing file or a URL{hint} "
+          f"(python -m export.zoo list shows the names)")
 
 
 def _from_augreg(parsed: augreg.AugregName, source: str) -> ResolvedCheckpoint:

@@ -66,8 +66,8 @@ def test_killed_export_then_cli_export(tmp_path, data_dir, reference_manifest):
 def test_cli_reports_errors_without_publishing(tmp_path, data_dir):
   result = run(["-m", "export", "--checkpoint", str(tmp_path / "missing.npz"), "--name", "m",
                 "--repo", "models", "--model", "B/16"], cwd=tmp_path)
-  assert result.returncode == 1
-  assert "missing.npz" in result.stderr and "Traceback" not in result.stderr
+  assert result.returncode == 2
+  assert "missing.npz: no such file" in result.stderr and "Traceback" not in result.stderr
   assert list(tmp_path.iterdir()) == []
 
   result = run(["-m", "export", "--checkpoint", "x.npz", "--name", "m", "--repo", "models",

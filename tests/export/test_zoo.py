@@ -93,9 +93,34 @@ def test_local_paths_pass_through(data_dir, tmp_path):
 
 
 def test_unknown_names():
-  assert zoo.resolve("no/such/file.npz") == zoo.ResolvedCheckpoint(source="no/such/file.npz")
+  with pytest.raises(FileNotFoundError, match=r"^no/such/file.npz: no such file$"):
+    zoo.resolve("no/such/file.npz")
   with pytest.raises(augreg.AugregNameError, match="unknown augreg model"):
     zoo.resolve("Q_16-i21k-300ep-lr_0.001-aug_none-wd_0.1-do_0.0-sd_0.0")
+
+
+@pytest.mark.parametrize("name, close", [
+    ("vit_base_patch16_224", ["B/16"]),  # timm's name
+    ("B16", ["B/16"]), ("b/16", ["B/16"]), ("r26+s-32", ["R26+S/32"]),
+    ("B/17", ["B/16"]), ("R50+L/16", ["R50+L/32", "L/16"]),
+    ("vit_huge_patch14_224", []), ("resnet50", []),
+])
+def test_unknown_names_suggest_close_seed_names(name, close):
+  with pytest.raises(zoo.UnknownCheckpointError) as e:
+    zoo.resolve(name)
+  assert zoo.suggestions(name) == close
+  if close:
+    assert f"did you mean {' or '.join(close)}?" in str(e.value)
+  else:
+    assert "did you mean" not in str(e.value)
+  assert "python -m export.zoo list" in str(e.value)
+
+
+def test_cli_resolve_unknown_name_fails(capsys):
+  assert zoo_cli.main(["resolve", "vit_base_patch16_224"]) == 2
+  captured = capsys.readouterr()
+  assert captured.out == ""
+  assert "did you mean B/16?" in captured.err
 
 
 def test_entries_list_both_kinds():
