@@ -368,3 +368,12 @@ def test_cli_perf_sweeps_concurrency_with_json_and_plot(server, encoded, tmp_pat
               "--warmup", "0")
   assert done.returncode == 0, done.stderr
   assert done.stdout.splitlines()[-1].split()[-2] == "5"  # requests column, bounded
+
+
+def test_compressed_requests_get_the_same_answers(server, grpc_client, encoded):
+  expected = grpc_client.predict_encoded("vit", encoded, version=1)
+  with GrpcClient(server.grpc_address, compression=True, retry=FAST) as g, \
+      RestClient(server.rest_address, compression=True, retry=FAST) as r:
+    for client in (g, r):
+      result = client.predict_encoded("vit", encoded, version=1)
+      np.testing.assert_allclose(result["logits"], expected["logits"], atol=1e-5)
