@@ -203,6 +203,23 @@ def test_server_flags_match_the_compose_deployment(flavor: str) -> None:
 
 
 @needs_kubectl
+def test_the_embedded_server_accepts_every_flag_of_the_manifests() -> None:
+  # The same command lines run the embedded server (python -m serving), so
+  # every flag must be one it knows (unknown ones would only be warned about).
+  from serving import flags as embedded_flags
+
+  c = container(render(OVERLAYS["gpu"]))
+  kserve = one(render(ds.DEPLOY / "kserve"), "InferenceService")
+  for args in ([expand_env(a, container_env(c)) for a in c["args"]],
+               kserve["spec"]["predictor"]["model"]["args"]):
+    unknown: list[str] = []
+    values = embedded_flags.parse(args, unknown)
+    assert not unknown
+    for name, value in ds.parse_flags(args).items():
+      assert str(values[name]).lower() == value.lower(), name
+
+
+@needs_kubectl
 def test_entrypoint_and_configs_are_the_repository_files(flavor: str) -> None:
   objects = render(OVERLAYS[flavor])
   c = container(objects)
