@@ -7,8 +7,12 @@ file, resumes with an HTTP Range request when the connection drops, is checked
 against the size the server announced, and only then is renamed into place:
 the cache never holds a file that looks complete but is not. The sha256 of
 every downloaded file is kept next to it (`<file>.sha256`) for the export
-manifest. Every failure names the URL and the exact cache path where the file
-can be put by hand (for machines without network access).
+manifest, and every later cache hit is checked against it, so a file that
+changed in the cache (disk corruption, a bad copy) is not exported; a file put
+in the cache by hand gets its sidecar on first use. Where the caller knows the
+published digest (`export/data/seed_models.json`), the file must match that
+too. Every failure names the URL and the exact cache path where the file can
+be put by hand (for machines without network access).
 
 Environment:
   VIT_SERVING_CACHE     cache directory (default ~/.cache/vit-serving)
@@ -73,29 +77,33 @@ def cache_path(src: str) -> Path:
   return cache_dir().joinpath(*segments)
 
 
-def fetch(src: str, *, attempts: int = 3, progress: bool = True) -> Path:
+def fetch(src: str, *, attempts: int = 3, progress: bool = True,
+          expected_sha256: str | None = None) -> Path:
   """A local path holding `src`'s bytes.
 
   Local paths are returned as they are. Remote sources are served from the
-  cache when present (no request), else downloaded; an interrupted transfer is
-  resumed up to `attempts` times in this call, and a later call resumes what
-  an earlier one left in `<cache path>.part`.
+  cache when present (no request; the file is checked against its sidecar
+  digest), else downloaded; an interrupted transfer is resumed up to
+  `attempts` times in this call, and a later call resumes what an earlier one
+  left in `<cache path>.part`. `expected_sha256`, when known, must match too.
 
   Raises:
     FileNotFoundError: a local path that does not exist.
-    DownloadError: the server or network failed, or the size does not match.
+    DownloadError: the server or network failed, the size does not match, or
+      the digest does not.
   """
   if not is_remote(src):
     if os.path.exists(src):
       return Path(src)
     raise FileNotFoundError(f"{src}: no such file")
   dest = cache_path(src)
-  if dest.is_file():
-    return dest
   dest.parent.mkdir(parents=True, exist_ok=True)
-  with _locked(dest):
-    if not dest.is_file():  # another process may have finished it meanwhile
-      _download(https_url(src), dest, attempts=attempts, progress=progress)
+  with _locked(dest):  # also keeps a concurrent download from racing the check
+    if dest.is_file():
+      _check_cached(src, dest, expected_sha256)
+    else:
+      _download(https_url(src), dest, attempts=attempts, progress=progress,
+                expected_sha256=expected_sha256)
   return dest
 
 
@@ -111,6 +119,27 @@ def sha256(path: str | os.PathLike) -> str:
 
 def _sidecar(path: Path) -> Path:
   return path.with_name(path.name + ".sha256")
+
+
+def _check_cached(src: str, dest: Path, expected: str | None) -> None:
+  """Verifies a cache hit against the digest recorded when it was downloaded
+  (recording one for a file put there by hand) and against `expected`."""
+  actual = _hash_file(dest)
+  sidecar = _sidecar(dest)
+  if sidecar.is_file():
+    recorded = sidecar.read_text().split()[0]
+    if recorded != actual:
+      raise DownloadError(
+          f"the cached {dest} has sha256 {actual}, but {recorded} was recorded when it "
+          f"was downloaded ({sidecar}): the file changed in the cache. Delete both "
+          f"files to download it again from {https_url(src)}")
+  if expected is not None and actual != expected.lower():
+    raise DownloadError(
+        f"the cached {dest} has sha256 {actual}, but {src} is published with sha256 "
+        f"{expected}: not the published file. Delete it to download it again. "
+        f"{_manual_hint(https_url(src), dest)}")
+  if not sidecar.is_file():
+    sidecar.write_text(f"{actual}  {dest.name}\n")
 
 
 @contextlib.contextmanager
@@ -129,7 +158,8 @@ def _manual_hint(url: str, dest: Path) -> str:
           f"and put it at {dest} (the cache path; set {CACHE_ENV} to move the cache).")
 
 
-def _download(url: str, dest: Path, *, attempts: int, progress: bool) -> None:
+def _download(url: str, dest: Path, *, attempts: int, progress: bool,
+              expected_sha256: str | None) -> None:
   part = dest.with_name(dest.name + ".part")
   total = None
   for _ in range(max(1, attempts)):
@@ -142,7 +172,13 @@ def _download(url: str, dest: Path, *, attempts: int, progress: bool) -> None:
         f"download of {url} is incomplete: got {have} of {total} bytes after "
         f"{attempts} attempt(s); the partial file is kept at {part} and the next "
         f"run resumes it. {_manual_hint(url, dest)}")
-  _sidecar(dest).write_text(f"{_hash_file(part)}  {dest.name}\n")
+  digest = _hash_file(part)
+  if expected_sha256 is not None and digest != expected_sha256.lower():
+    part.unlink()  # complete but wrong: resuming it cannot help
+    raise DownloadError(f"the download of {url} has sha256 {digest}, but the published "
+                        f"file has {expected_sha256}; it was discarded. "
+                        f"{_manual_hint(url, dest)}")
+  _sidecar(dest).write_text(f"{digest}  {dest.name}\n")
   os.replace(part, dest)
 
 

@@ -291,7 +291,7 @@ def _load(checkpoint: str, config: dict | str | None, image_size: int | None,
     raise ExportError(f"no model config for {checkpoint!r}: pass --config or --model")
   image_size = image_size or resolved.image_size
   with _step(f"fetch {resolved.source}"):
-    local = download.fetch(resolved.source)
+    local = download.fetch(resolved.source, expected_sha256=resolved.sha256)
   with _step("sha256"):
     digest = download.sha256(local)
   with _step("load checkpoint"):

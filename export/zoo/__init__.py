@@ -45,6 +45,7 @@ class ResolvedCheckpoint:
   image_size: int | None = None           # serving resolution implied by the name
   label_set: str | None = None            # e.g. "imagenet2012", for the labels
   augreg_name: augreg.AugregName | None = None  # the parsed augreg name, if any
+  sha256: str | None = None               # the published digest, where known
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,6 +58,7 @@ class SeedModel:
   filename: str             # augreg checkpoint name, without .npz
   filename_confirmed: bool  # False where no public source names the exact file
   note: str = ""
+  sha256: str | None = None  # the published file's digest; None: unknown
 
   @property
   def source(self) -> str:
@@ -86,7 +88,8 @@ def resolve(src: str) -> ResolvedCheckpoint:
   src = os.fspath(src)
   seed = SEED_MODELS.get(src)
   if seed is not None:
-    return _from_augreg(augreg.parse_name(seed.filename), seed.source)
+    return dataclasses.replace(_from_augreg(augreg.parse_name(seed.filename), seed.source),
+                               sha256=seed.sha256)
   if download.is_remote(src) or os.path.exists(src):
     name = Path(src.split("?", 1)[0]).name
     if augreg.looks_like_name(name):

@@ -128,6 +128,39 @@ def test_download_then_cache_hit(server):
   assert not path.with_name(path.name + ".part").exists()
 
 
+def test_cache_hit_is_checked_against_its_sidecar(server):
+  path = download.fetch("gs:/" + CKPT, progress=False)
+  data = bytearray(path.read_bytes())
+  data[-1] ^= 1  # one flipped bit in the cache
+  path.write_bytes(bytes(data))
+  with pytest.raises(download.DownloadError, match="changed in the cache"):
+    download.fetch("gs:/" + CKPT, progress=False)
+  assert server.hits(CKPT) == [None]
+
+
+def test_file_put_in_the_cache_by_hand_gets_a_sidecar(server):
+  path = download.cache_path("gs:/" + CKPT)
+  path.parent.mkdir(parents=True)
+  path.write_bytes(server.files[CKPT])
+  assert download.fetch("gs:/" + CKPT, progress=False) == path
+  assert path.with_name(path.name + ".sha256").read_text().split()[0] == \
+      hashlib.sha256(server.files[CKPT]).hexdigest()
+  assert server.hits(CKPT) == []
+
+
+def test_expected_digest_is_checked_on_download_and_on_cache_hits(server):
+  good = hashlib.sha256(server.files[CKPT]).hexdigest()
+  bad = "0" * 64
+  with pytest.raises(download.DownloadError, match=f"published file has {bad}; it was "
+                                                   f"discarded"):
+    download.fetch("gs:/" + CKPT, progress=False, expected_sha256=bad)
+  path = download.cache_path("gs:/" + CKPT)
+  assert sorted(p.name for p in path.parent.iterdir()) == [path.name + ".lock"]
+  assert download.fetch("gs:/" + CKPT, progress=False, expected_sha256=good) == path
+  with pytest.raises(download.DownloadError, match=f"published with sha256 {bad}"):
+    download.fetch("gs:/" + CKPT, progress=False, expected_sha256=bad)
+
+
 def test_resume_after_dropped_connection(server):
   server.faults[CKPT] = ["drop"]
   path = download.fetch("gs:/" + CKPT, progress=False)

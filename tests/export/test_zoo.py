@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import re
 import shutil
 
 import pytest
@@ -45,6 +47,16 @@ def test_seed_data_records_sources():
   for row in data["models"]:
     assert row["filename_source"] in data["sources"]
     assert row["top1_source"] in data["sources"]
+
+
+def test_seed_digests_are_known_or_null(monkeypatch):
+  data = json.loads(zoo._SEED_FILE.read_text())
+  for row in data["models"]:
+    assert row["sha256"] is None or re.fullmatch(r"[0-9a-f]{64}", row["sha256"])
+  assert zoo.resolve("B/16").sha256 == zoo.SEED_MODELS["B/16"].sha256
+  known = dataclasses.replace(zoo.SEED_MODELS["B/16"], sha256="ab" * 32)
+  monkeypatch.setitem(zoo.SEED_MODELS, "B/16", known)
+  assert zoo.resolve("B/16").sha256 == "ab" * 32
 
 
 def test_resolve_seed_name():
