@@ -7,12 +7,12 @@ bundle ships the ImageNet-1k names as package data
 descriptions in the standard class order, e.g. line 0 "tench, Tinca tinca",
 281 "tabby, tabby cat").
 
-ImageNet-21k (the 21843 classes of i21k pre-trained checkpoints) is not
-shipped: no copy of the official class-name list was available to this
-project. Such models get numbered names ("class_0", ...); pass the real names
-with `python -m export ... --labels FILE` (one name a line, e.g. the
-imagenet21k_wordnet_lemmas.txt published with BiT in gs://bit_models/).
-Other label sets (cifar100, oxford_iiit_pet, ...) are numbered the same way.
+ImageNet-21k (the 21843 classes of i21k pre-trained checkpoints, Google's
+order as used by BiT and ViT) ships too: export/data/imagenet21k_labels.txt,
+each class's WordNet lemmas (line 0 "organism, being"), generated from the
+public package data of timm (`python -m export._gen_labels`, which says
+how). Other label sets (cifar100, oxford_iiit_pet, ...) get numbered names
+("class_0", ...); pass the real ones with `python -m export ... --labels FILE`.
 """
 
 from __future__ import annotations
@@ -20,7 +20,8 @@ from __future__ import annotations
 from pathlib import Path
 
 _DATA = Path(__file__).resolve().parent / "data"
-SHIPPED = {"imagenet2012": _DATA / "imagenet2012_labels.txt"}
+SHIPPED = {"imagenet2012": _DATA / "imagenet2012_labels.txt",
+           "imagenet21k": _DATA / "imagenet21k_labels.txt"}
 
 
 def default_labels(num_classes: int, label_set: str | None = None) -> list[str]:
