@@ -168,14 +168,20 @@ def test_a_version_that_does_not_load_is_a_failed_row(
              if line.startswith("toy"))
 
 
-def test_runs_as_a_script_and_checks_the_tensorflow_version(tmp_path: Path,
-                                                            saved_model: Path) -> None:
+def test_runs_as_a_script(tmp_path: Path, saved_model: Path) -> None:
+  # As make check-tfserving runs it: a file path, not a module of the project.
   plan_path, _, _, _ = _write_plan(tmp_path, saved_model)
-  run = lambda *args: subprocess.run([sys.executable, str(SCRIPT), *args, str(plan_path)],
-                                     capture_output=True, text=True, timeout=300)
-  assert run("--no-record").returncode == 0
-  wrong = run("--expect-tensorflow", "0.0.1")
-  assert wrong.returncode == 2 and "expected 0.0.1" in wrong.stderr
+  result = subprocess.run([sys.executable, str(SCRIPT), "--expect-tensorflow", tf.__version__,
+                           str(plan_path)], capture_output=True, text=True, timeout=300)
+  assert result.returncode == 0, result.stderr
+  assert "4/4 ok" in result.stdout
+
+
+def test_refuses_another_tensorflow_than_expected(
+    tmp_path: Path, saved_model: Path, capsys: pytest.CaptureFixture[str]) -> None:
+  plan_path, _, _, _ = _write_plan(tmp_path, saved_model)
+  assert session.main(["--expect-tensorflow", "0.0.1", str(plan_path)]) == 2
+  assert "expected 0.0.1" in capsys.readouterr().err
 
 
 def test_the_side_script_imports_no_project_code() -> None:
