@@ -29,8 +29,9 @@ METRICS_PATH = "/monitoring/prometheus/metrics"
 
 # Every flag tensorflow_model_server 2.20.0 accepts: the 48 tensorflow::Flag
 # names of tensorflow_serving/model_servers/main.cc at the 2.20.0 tag.
-# tensorflow::Flags::Parse fails start-up on an unknown flag, so a typo in a
-# deployment file must fail here first. FLAGS_SINCE dates the newer ones by
+# An unknown flag does not stop tensorflow_model_server: Flags::Parse leaves
+# it in argv and main.cc prints "unknown argument: ..." with the usage and
+# starts anyway, so a misspelt flag silently has no effect; it must fail here. FLAGS_SINCE dates the newer ones by
 # the tensorflow/serving commit adding them: a deployment using them needs at
 # least that release (serving/.env pins the release).
 TF_MODEL_SERVER_FLAGS = frozenset({
