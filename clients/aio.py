@@ -286,8 +286,7 @@ class AsyncRestClient(AsyncClient):
     import aiohttp
     if self._session is None:
       self._session = aiohttp.ClientSession(
-          connector=aiohttp.TCPConnector(limit=0, ssl=self._ssl if self._ssl else False),
-          auto_decompress=True)
+          connector=aiohttp.TCPConnector(limit=0, ssl=self._ssl if self._ssl else False))
     async with self._session.request(method, self.url + url_path, data=payload,
                                      headers=dict(headers),
                                      timeout=aiohttp.ClientTimeout(total=seconds)) as response:

@@ -79,7 +79,7 @@ class Common:
                compression: bool = False):
     if timeout <= 0:
       raise ValueError(f"timeout must be positive, got {timeout}")
-    batching.slices(0, batch_size)  # validates it
+    batching.check_batch_size(batch_size)
     self.target = target
     self.url = f"{self.transport}://{target}"  # for messages
     self.timeout = timeout

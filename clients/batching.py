@@ -26,11 +26,12 @@ DEFAULT_BATCH_SIZE = 8
 
 def slices(n: int, batch_size: int) -> list[slice]:
   """Consecutive slices of at most batch_size covering range(n)."""
-  _check(batch_size)
+  check_batch_size(batch_size)
   return [slice(start, min(start + batch_size, n)) for start in range(0, n, batch_size)]
 
 
-def _check(batch_size: int) -> None:
+def check_batch_size(batch_size: int) -> None:
+  """Raises ValueError unless batch_size is a positive count of rows."""
   if batch_size < 1:
     raise ValueError(f"batch_size must be >= 1, got {batch_size}")
 
@@ -39,7 +40,7 @@ class Plan:
   """The slices still to send, shrinking when the server names a smaller limit."""
 
   def __init__(self, n: int, batch_size: int, *, progress: bool | None, desc: str):
-    _check(batch_size)
+    check_batch_size(batch_size)
     if n == 0:
       raise ValueError("nothing to predict: the batch is empty")
     self.n = n

@@ -5,6 +5,7 @@ non-transient errors, the server's batch limit, and async concurrency."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 import gzip
 import http.server
 import json
@@ -389,3 +390,22 @@ def test_liveness_of_an_unreachable_server_is_false():
     with client:
       assert client.is_server_live(timeout=2) is False
       assert client.is_model_ready("m", timeout=2) is False
+
+
+def test_perf_counts_failures_by_code_and_stops_at_the_request_bound():
+  from clients import perf
+  calls = itertools.count()
+
+  def send() -> None:
+    n = next(calls)
+    if n % 3 == 1:
+      raise ClientError("UNAVAILABLE", "busy", "fake")
+    if n % 3 == 2:
+      raise ClientError("RESOURCE_EXHAUSTED", "queue full", "fake")
+
+  level = perf.measure(send, 4, duration=30, max_requests=30)
+  assert level.requests == 30 and sum(level.errors.values()) == 20
+  assert set(level.errors) == {"RESOURCE_EXHAUSTED", "UNAVAILABLE"}
+  assert level.seconds < 30 and level.p50_ms <= level.p99_ms <= level.max_ms
+  with pytest.raises(ValueError):
+    perf.measure(send, 0, duration=1)
