@@ -1,10 +1,14 @@
 """`python -m serving`: the embedded drop-in for tensorflow_model_server.
 
-Start-up follows TF Serving: read the flags and config files (a config that
-does not parse stops start-up with TF Serving's message), load the models
-(waiting for them), then open the ports and print them in TF Serving's log
-lines ("Running gRPC ModelServer at ...", "Exporting HTTP/REST API at:...")
-so scripts and tests can wait for them.  SIGTERM/SIGINT stop it cleanly.
+Start-up follows TF Serving (server.cc, main.cc): read the flags and config
+files, load the models and wait until every one is AVAILABLE (a model whose
+base path does not exist yet is waited for), and only then open the ports and
+print them in TF Serving's log lines ("Running gRPC ModelServer at ...",
+"Exporting HTTP/REST API at:...") so scripts and tests can wait for them.  A
+config that does not parse, a model that fails to load, or a port that is in
+use stops it with "Failed to start server. Error: ..." and exit status 1, so a
+crash loop or a failed CI start looks the same on both servers.
+SIGTERM/SIGINT stop it cleanly.
 """
 
 from __future__ import annotations
@@ -13,6 +17,10 @@ import logging
 import signal
 import sys
 import threading
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+  from serving.model_manager import ModelManager
 
 
 def main(argv: list[str]) -> int:
@@ -66,6 +74,7 @@ def _serve(values: dict, log: logging.Logger) -> int:
   from serving.servable import Servable
 
   config_file = values["model_config_file"]
+  poller = _ConfigPoller(config_file, log)     # the text start-up reads is "applied"
   if config_file:
     server_config = config.read_model_server_config(config_file)
   elif values["model_base_path"]:
@@ -88,7 +97,8 @@ def _serve(values: dict, log: logging.Logger) -> int:
       allow_labels_for_unavailable=values["allow_version_labels_for_unavailable_models"]),
       loader=functools.partial(
           Servable.load,
-          read_batching_params=bool(batching and values["enable_per_model_batching_parameters"])))
+          read_batching_params=bool(batching and values["enable_per_model_batching_parameters"])),
+      metrics=metrics)
   # The core replays warmup records, so it exists before the first load.
   core = Core(manager, metrics, batching=batching,
               per_model_batching=values["enable_per_model_batching_parameters"],
@@ -96,23 +106,10 @@ def _serve(values: dict, log: logging.Logger) -> int:
                   method_name_check=values["enable_signature_method_name_check"],
                   tensor_content=values["enable_serialization_as_tensor_content"]),
               threads=values["grpc_max_threads"])
-  manager.apply_config(server_config)
+  manager.apply_config(server_config)     # blocks until AVAILABLE, or fails start-up
   fs_poll = values["file_system_poll_wait_seconds"]
   config_poll = values["model_config_file_poll_wait_seconds"] if config_file else 0
-  last_text = [_read(config_file)]
-
-  def reload_if_changed() -> None:
-    """Applies an edited config file. The text counts as seen only once it
-    applied, so an edit that fails (say, a label on a version that is not
-    loaded yet) is tried again at the next poll, as TF Serving does."""
-    text = _read(config_file)
-    if text == last_text[0]:
-      return
-    log.info("Reloading model config from %s", config_file)
-    manager.apply_config(config.read_model_server_config(config_file))
-    last_text[0] = text
-
-  manager.start_polling(fs_poll, reload_if_changed, config_poll)
+  manager.start_polling(fs_poll, lambda: poller.step(manager), config_poll)
 
   bind = values["bind"]
   grpc_server = None
@@ -150,6 +147,57 @@ def _serve(values: dict, log: logging.Logger) -> int:
   manager.stop()
   core.stop()
   return 0
+
+
+class _ConfigPoller:
+  """Re-reads --model_config_file and applies it when its text changed.
+
+  As Server::PollFilesystemAndReloadConfig (server.cc): a file that does not
+  parse (an editor mid-write) changes nothing, and an empty file is taken as
+  "no action" (ServerCore::ReloadConfig), not as "unload everything".  A text
+  counts as seen only once it applied, so an edit that fails (a label on a
+  version that is not loaded yet) is tried again at the next poll; its error
+  is logged once per change of text, not at every poll.
+  """
+
+  def __init__(self, path: str, log: logging.Logger):
+    self.path, self.log = path, log
+    self.applied = _read(path)
+    self.reported: tuple[str | None, str] | None = None
+
+  def step(self, manager: "ModelManager") -> None:
+    from google.protobuf import text_format
+    from tensorflow_serving.config import model_server_config_pb2
+
+    from serving import config
+    from serving.errors import ServingError
+    text = _read(self.path)
+    if text == self.applied:
+      return
+    server_config = model_server_config_pb2.ModelServerConfig()
+    try:
+      text_format.Parse(text or "", server_config)
+    except text_format.ParseError as e:
+      self._report(text, f"Failed to read ModelServerConfig file: {self.path}: {e}",
+                   logging.ERROR)
+      return
+    if server_config.WhichOneof("config") is None:
+      self._report(text, "Taking no action for empty config.", logging.INFO)
+      return
+    try:
+      config.validate_model_server_config(server_config, self.path)
+      self.log.info("Reloading model config from %s", self.path)
+      manager.apply_config(server_config)
+    except ServingError as e:
+      self._report(text, f"PollFilesystemAndReloadConfig failed to ReloadConfig: {e}",
+                   logging.ERROR)
+      return
+    self.applied, self.reported = text, None
+
+  def _report(self, text: str | None, message: str, level: int) -> None:
+    if self.reported != (text, message):
+      self.log.log(level, "%s", message)
+      self.reported = (text, message)
 
 
 def _read(path: str) -> str | None:

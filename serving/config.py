@@ -81,20 +81,42 @@ def read_model_server_config(path: str | os.PathLike) -> model_server_config_pb2
 
 
 def validate_model_server_config(config: model_server_config_pb2.ModelServerConfig,
-                                 path: str) -> None:
-  """What TF Serving checks before it acts on a config (file or reload)."""
-  if config.WhichOneof("config") == "custom_model_config":
-    raise invalid_argument(f"{path}: custom_model_config is not supported; use model_config_list")
+                                 source: str, *, reload_request: bool = False) -> None:
+  """What TF Serving checks before it acts on a config.
+
+  A ReloadConfigRequest must carry a model_config_list (ModelServiceImpl in
+  model_service_impl.cc: an empty config is INVALID_ARGUMENT there, not
+  "unload everything") and absolute base paths (ValidateModelConfigList in
+  server_core.cc); a config file may keep relative ones, which the server
+  resolves against its working directory.  Every model needs a platform
+  (GetPlatform in server_core.cc).
+  """
+  kind = config.WhichOneof("config")
+  if reload_request and kind != "model_config_list":
+    raise invalid_argument("ServerModelConfig type not supported by HandleReloadConfigRequest."
+                           " Only ModelConfigList is currently supported")
+  if kind == "custom_model_config":
+    raise invalid_argument(f"{source}: custom_model_config is not supported; use "
+                           "model_config_list")
   names = [m.name for m in config.model_config_list.config]
   for name in names:
     if names.count(name) > 1:
       raise invalid_argument(f"Illegal to list model {name} multiple times in config list")
   for model in config.model_config_list.config:
     if not model.name or not model.base_path:
-      raise invalid_argument(f"{path}: every model needs a name and a base_path")
-    if model.model_platform not in ("", "tensorflow"):
+      raise invalid_argument(f"{source}: every model needs a name and a base_path")
+    if reload_request and "://" not in model.base_path and not os.path.isabs(model.base_path):
+      raise invalid_argument(f"Expected model {model.name} to have an absolute path or URI; "
+                             f"got base_path()={model.base_path}")
+    platform = model.model_platform or (
+        "tensorflow" if model.model_type == model_server_config_pb2.TENSORFLOW else "")
+    if not platform:
       raise invalid_argument(
-          f"Model {model.name}: platform {model.model_platform!r} is not supported "
+          "Illegal setting neither ModelServerConfig::model_type (deprecated) nor "
+          f"ModelServerConfig::model_platform, model name is {model.name}")
+    if platform != "tensorflow":
+      raise invalid_argument(
+          f"Model {model.name}: platform {platform!r} is not supported "
           "(only \"tensorflow\")")
 
 

@@ -151,7 +151,7 @@ class Core:
       _require_spec(request)
       spec = request.model_spec
       version = spec.version.value if spec.HasField("version") else None
-      states = self.manager.status(spec.name, version, spec.version_label)
+      states = self.manager.status(spec.name, version)    # label ignored, as TF Serving
       response = get_model_status_pb2.GetModelStatusResponse()
       for vs in states:
         _fill_status(response.model_version_status.add(), vs)
@@ -162,7 +162,7 @@ class Core:
     """ModelService.HandleReloadConfigRequest (model_service_impl.cc)."""
     config = model_server_config_pb2.ModelServerConfig()
     config.CopyFrom(request.config)
-    validate_model_server_config(config, "ReloadConfigRequest")
+    validate_model_server_config(config, "ReloadConfigRequest", reload_request=True)
     await self._blocking(self.manager.apply_config, config)
     return model_management_pb2.ReloadConfigResponse(
         status=status_pb2.StatusProto(error_code=0, error_message=""))

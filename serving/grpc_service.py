@@ -141,8 +141,10 @@ class Server:
 def start(core: Core, *, bind: str, port: int, socket_path: str, channel_arguments: str,
           health_service: bool = True) -> tuple[Server, int | None]:
   """A started server and its bound TCP port (None when `port` is 0)."""
+  # SO_REUSEPORT off: with gRPC's default a second server on a busy port
+  # starts and takes half the connections; without it the bind fails.
   options = {"grpc.max_receive_message_length": INT_MAX,
-             "grpc.max_send_message_length": INT_MAX}
+             "grpc.max_send_message_length": INT_MAX, "grpc.so_reuseport": 0}
   options.update(parse_channel_arguments(channel_arguments))
   loop = asyncio.new_event_loop()
   thread = threading.Thread(target=loop.run_forever, name="grpc-loop", daemon=True)
@@ -162,7 +164,8 @@ def start(core: Core, *, bind: str, port: int, socket_path: str, channel_argumen
       host = f"[{bind}]" if ":" in bind else bind
       bound = server.add_insecure_port(f"{host}:{port}")
       if not bound:
-        raise OSError(f"cannot bind gRPC to {bind}:{port} (address in use?)")
+        raise OSError(f"cannot listen for gRPC on {bind}:{port}: address already in use "
+                      "(or not an address of this machine)")
     if socket_path:
       if not server.add_insecure_port(f"unix:{socket_path}"):
         raise OSError(f"cannot bind gRPC to UNIX socket {socket_path}")

@@ -25,7 +25,8 @@ from typing import Callable
 from tensorflow_serving.config import model_server_config_pb2
 
 from serving.errors import (Code, ServingError, failed_precondition, invalid_argument,
-                            not_found)
+                            not_found, unavailable)
+from serving.metrics import Metrics
 from serving.servable import Servable
 
 log = logging.getLogger("serving")
@@ -49,6 +50,8 @@ class Model:
   base_path: Path
   versions: dict[int, VersionState] = dataclasses.field(default_factory=dict)
   labels: dict[str, int] = dataclasses.field(default_factory=dict)
+  aspired: list[int] = dataclasses.field(default_factory=list)   # newest first, last poll
+  base_path_missing: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,65 +67,140 @@ class LoadOptions:
 class ModelManager:
   """Thread-safe: requests resolve servables while polls load and unload."""
 
+  # How often a reload (or start-up) that waits for new models polls their
+  # repositories: a model whose base path does not exist yet is waited for.
+  AWAIT_POLL_S = 1.0
+
   def __init__(self, options: LoadOptions = LoadOptions(),
-               loader: Callable[..., Servable] = Servable.load):
+               loader: Callable[..., Servable] = Servable.load, metrics: Metrics | None = None):
     self.options = options
     self._loader = loader
+    self._metrics = metrics
     # Replays a version's warmup records, (servable, iterations) -> records;
     # set by the Core, whose request path the records go through.
     self.warmup: Callable[[Servable, int], int] | None = None
     self._lock = threading.RLock()        # guards _models (cheap, held briefly)
-    self._work = threading.Lock()         # serializes loads/unloads/reloads
+    self._work = threading.Lock()         # serializes loads/unloads
+    self._reload = threading.Lock()       # serializes config changes (config_mu_)
     self._models: dict[str, Model] = {}
+    self._started = False
     self._stop = threading.Event()
     self._threads: list[threading.Thread] = []
 
   # ----------------------------------------------------------- configuration
 
   def apply_config(self, config: model_server_config_pb2.ModelServerConfig) -> None:
-    """Make `config` current: load what it adds (waiting for the loads, as TF
-    Serving does), unload what it drops, then move the version labels."""
-    wanted = {m.name: m for m in config.model_config_list.config}
-    with self._work:
-      with self._lock:
-        removed = [self._models.pop(n) for n in list(self._models) if n not in wanted]
-        for name, cfg in wanted.items():
-          base = Path(os.path.abspath(cfg.base_path))    # relative: to the working directory
-          model = self._models.get(name)
-          if model is None:
-            self._models[name] = Model(cfg, base)
-          else:
-            model.config, model.base_path = cfg, base
-      for model in removed:
-        for vs in model.versions.values():
-          self._unload(model, vs)
-      for name in wanted:
-        self._poll_model(self._models[name])
-      self._apply_labels(wanted)
+    """Makes `config` current as ServerCore::ReloadConfig does (server_core.cc).
 
-  def _apply_labels(self, wanted: dict[str, model_server_config_pb2.ModelConfig]) -> None:
-    updates = {}
-    for name, cfg in wanted.items():
-      model = self._models[name]
-      for version in cfg.version_labels.values():
-        vs = model.versions.get(version)
-        if not self.options.allow_labels_for_unavailable and (vs is None or vs.state != AVAILABLE):
-          raise failed_precondition(
-              f"Request to assign label to version {version} of model {name}, which is not "
-              "currently available for inference")
-      updates[name] = dict(cfg.version_labels)
+    The version labels are checked against the versions AVAILABLE now, before
+    any model is added, so adding a version and labelling it takes two
+    reloads (FAILED_PRECONDITION otherwise) and a refused config changes
+    nothing.  Models dropped from the config are unloaded.  The call then
+    waits only for the models new to the config, and fails with UNKNOWN when
+    one of them does not become AVAILABLE; new versions of models already
+    served load in the background, as TF Serving's file-system source picks
+    them up at its next poll.  The first config is start-up: every model is
+    new, and the error names servables as load_servables_fast.cc does.
+    """
+    with self._reload:
+      labels = self._checked_labels(config)
+      with self._work:
+        new, kept = self._set_models(config)
+        with self._lock:
+          for name, model_labels in labels.items():
+            self._models[name].labels = model_labels
+      first, self._started = not self._started, True
+      if kept:
+        threading.Thread(target=self._poll_models, args=(kept,), name="reload-poll",
+                         daemon=True).start()
+      self._await_available(new, "servable" if first else "model")
+
+  def _checked_labels(self, config: model_server_config_pb2.ModelServerConfig
+                      ) -> dict[str, dict[str, int]]:
+    """The new label maps, or FAILED_PRECONDITION for a label on a version
+    that is not AVAILABLE (UpdateModelVersionLabelMap in server_core.cc:
+    --allow_version_labels_for_unavailable_models permits it only for a
+    label that is new or keeps its version)."""
+    out = {}
     with self._lock:
-      for name, labels in updates.items():
-        self._models[name].labels = labels
+      for cfg in config.model_config_list.config:
+        model = self._models.get(cfg.name)
+        for label, version in cfg.version_labels.items():
+          vs = model.versions.get(version) if model else None
+          unchanged = model is None or model.labels.get(label, version) == version
+          if (vs is None or vs.state != AVAILABLE) and not (
+              self.options.allow_labels_for_unavailable and unchanged):
+            raise failed_precondition(
+                f"Request to assign label to version {version} of model {cfg.name}, which "
+                "is not currently available for inference")
+        out[cfg.name] = dict(cfg.version_labels)
+    return out
+
+  def _set_models(self, config: model_server_config_pb2.ModelServerConfig
+                  ) -> tuple[list[Model], list[Model]]:
+    """Adds, updates and removes model entries; (new models, kept models)."""
+    wanted = {m.name: m for m in config.model_config_list.config}
+    new, kept = [], []
+    with self._lock:
+      removed = [self._models.pop(n) for n in list(self._models) if n not in wanted]
+      for name, cfg in wanted.items():
+        base = Path(os.path.abspath(cfg.base_path))    # relative: to the working directory
+        model = self._models.get(name)
+        if model is None:
+          model = self._models[name] = Model(cfg, base)
+          new.append(model)
+        else:
+          model.config, model.base_path = cfg, base
+          kept.append(model)
+    for model in removed:
+      for vs in model.versions.values():
+        if vs.state == AVAILABLE:
+          self._unload(model, vs)
+    return new, kept
+
+  def _await_available(self, models: list[Model], noun: str) -> None:
+    """Polls `models` until each newest aspired version is AVAILABLE; UNKNOWN
+    "N model(s) did not become available" once one has failed its loads and
+    retries (WaitUntilModelsAvailable in server_core.cc).  A model with no
+    version on disk yet is waited for, as TF Serving's state monitor does."""
+    pending = list(models)
+    failed: list[tuple[Model, VersionState]] = []
+    while pending:
+      self._poll_models(pending)
+      still = []
+      for model in pending:
+        with self._lock:
+          if self._models.get(model.config.name) is not model:
+            continue             # removed by a later config: no longer awaited
+          newest = model.versions.get(model.aspired[0]) if model.aspired else None
+        if newest is None or newest.state != AVAILABLE:
+          if newest is not None and newest.failures > self.options.max_load_retries:
+            failed.append((model, newest))
+          else:
+            still.append(model)
+      pending = still
+      if pending and self._stop.wait(self.AWAIT_POLL_S):
+        raise unavailable("Server is shutting down")
+    if failed:
+      detail = "".join(f"{{{{name: {m.config.name} version: {vs.version}}} due to error: "
+                       f"{vs.error}}}, " for m, vs in failed)
+      raise ServingError(Code.UNKNOWN,
+                         f"{len(failed)} {noun}(s) did not become available: {{{detail}}}")
 
   # ------------------------------------------------------------------ polling
 
   def poll(self) -> None:
     """One pass over every model's repository."""
+    with self._lock:
+      models = list(self._models.values())
+    self._poll_models(models)
+
+  def _poll_models(self, models: list[Model]) -> None:
     with self._work:
-      with self._lock:
-        models = list(self._models.values())
       for model in models:
+        with self._lock:
+          if self._models.get(model.config.name) is not model:
+            continue             # removed by a config change meanwhile
         self._poll_model(model)
 
   def start_polling(self, interval_s: float, config_step: Callable[[], None] | None = None,
@@ -153,14 +231,29 @@ class ModelManager:
     for t in self._threads:
       t.join(timeout=10)
 
-  def _versions_on_disk(self, model: Model) -> dict[int, Path]:
+  def _versions_on_disk(self, model: Model) -> dict[int, Path] | None:
+    """Version directories, or None when the base path cannot be read: then
+    TF Serving's file-system source emits nothing and what is loaded stays
+    (PollFileSystemForServable in file_system_storage_path_source.cc).  The
+    error is logged when the base path goes missing and when it is back, not
+    at every poll."""
     try:
       entries = list(model.base_path.iterdir())
     except OSError as e:
-      log.warning("No versions of servable %s found under base path %s (%s)",
-                  model.config.name, model.base_path, e.strerror)
-      return {}
-    return {int(p.name): p for p in entries if p.name.isdigit() and p.is_dir()}
+      if not model.base_path_missing:
+        log.error("FileSystemStoragePathSource encountered a filesystem access error: "
+                  "Could not find base path %s for servable %s (%s); keeping what is loaded",
+                  model.base_path, model.config.name, e.strerror)
+      model.base_path_missing = True
+      return None
+    if model.base_path_missing:
+      log.info("Base path %s for servable %s is back", model.base_path, model.config.name)
+      model.base_path_missing = False
+    versions = {int(p.name): p for p in entries if p.name.isdigit() and p.is_dir()}
+    if not versions:
+      log.warning("No versions of servable %s found under base path %s",
+                  model.config.name, model.base_path)
+    return versions
 
   def _aspired(self, model: Model, on_disk: dict[int, Path]) -> list[int]:
     policy = model.config.model_version_policy
@@ -174,7 +267,11 @@ class ModelManager:
 
   def _poll_model(self, model: Model) -> None:
     on_disk = self._versions_on_disk(model)
+    if on_disk is None:
+      return
     aspired = self._aspired(model, on_disk)
+    with self._lock:
+      model.aspired = aspired
     for version in aspired:
       vs = model.versions.get(version)
       if vs is not None and vs.state == AVAILABLE:
@@ -207,7 +304,7 @@ class ModelManager:
     log.info("Loading servable version {name: %s version: %d} from %s", name, version, path)
     started = time.monotonic()
     try:
-      servable = self._loader(name, version, path, self.options.tags)
+      servable = self._load_saved_model(name, version, path)
       if self.options.warmup and self.warmup is not None:
         n = self.warmup(servable, self.options.warmup_iterations)
         if n:
@@ -223,6 +320,19 @@ class ModelManager:
       vs.servable, vs.state, vs.failures = servable, AVAILABLE, 0
     log.info("Successfully loaded servable version {name: %s version: %d} in %.1f s",
              name, version, time.monotonic() - started)
+
+  def _load_saved_model(self, name: str, version: int, path: Path) -> Servable:
+    """The loader, counted as TF's cc/saved_model/loader.cc counts a load
+    attempt (warmup is not part of it)."""
+    started = time.monotonic()
+    ok = False
+    try:
+      servable = self._loader(name, version, path, self.options.tags)
+      ok = True
+      return servable
+    finally:
+      if self._metrics is not None:
+        self._metrics.record_load(str(path), ok, time.monotonic() - started)
 
   def _failed(self, vs: VersionState, error: ServingError, name: str) -> None:
     with self._lock:
@@ -259,13 +369,12 @@ class ModelManager:
             return vs.servable
       raise not_found(f"Servable not found for request: Latest({name})")
 
-  def status(self, name: str, version: int | None = None,
-             label: str = "") -> list[VersionState]:
-    """Version states for GetModelStatus, newest first."""
+  def status(self, name: str, version: int | None = None) -> list[VersionState]:
+    """Version states for GetModelStatus, newest first.  A version label in
+    the request is not looked at, as in TF Serving (get_model_status_impl.cc
+    reads only the name and version)."""
     with self._lock:
       model = self._models.get(name)
-      if label:
-        version = _label_version(model, label)
       if model is None or not model.versions:
         raise not_found(f"Could not find any versions of model {name}")
       if version is not None:

@@ -56,7 +56,8 @@ def repo(tmp_path_factory, reference_manifest, data_dir):
 @pytest.fixture(scope="module")
 def server(repo):
   process = ServerProcess([f"--port={free_port()}", f"--rest_api_port={free_port()}",
-                           f"--model_config_file={repo / 'models.config'}"])
+                           f"--model_config_file={repo / 'models.config'}",
+                           "--allow_version_labels_for_unavailable_models"])
   yield process
   process.stop()
 

@@ -40,6 +40,9 @@ def server(repository: Path) -> Iterator[helpers.ServerProcess | None]:
   proc = helpers.ServerProcess([
       f"--port={helpers.free_port()}", f"--rest_api_port={helpers.free_port()}",
       f"--model_config_file={repository / 'models.config'}",
+      # Its labels name versions that load at start-up; tensorflow_model_server
+      # needs this flag for that too (server_core.cc).
+      "--allow_version_labels_for_unavailable_models",
       "--file_system_poll_wait_seconds=0"])
   yield proc
   proc.stop()

@@ -1,8 +1,14 @@
-"""Model lifecycle, batching, monitoring and limits on a server we control:
-versions dropped into the repository are served without a restart, a corrupt
-version never replaces the serving one, config reloads move labels, batching
-merges concurrent requests, Prometheus metrics are exported, and the size
-limits hold.  Embedded server only (it writes into the server's repository).
+"""Model lifecycle on a server we control: versions dropped into the
+repository are served without a restart, a corrupt version never replaces
+the serving one, config reloads follow TF Serving's rules, failures that
+would be an outage are survived, start-up blocks or fails like
+tensorflow_model_server, and batching, monitoring and size limits hold.
+
+Tests that change models, files or flags start a server of their own
+(`fresh`), so each passes alone and in any order; the read-only ones share
+one (`shared`).  Embedded server only (it writes into the server's
+repository).  "Zero failed requests" is checked with clients that never
+retry and with the server's own error count.
 """
 
 from __future__ import annotations
@@ -12,11 +18,13 @@ import http.client
 import json
 import os
 import shutil
+import socket
+import threading
 import time
-import urllib.error
 import urllib.parse
 import urllib.request
 from pathlib import Path
+from typing import Callable, Iterator
 
 import grpc
 import numpy as np
@@ -27,6 +35,7 @@ from tensorflow_serving.apis import (get_model_status_pb2, model_management_pb2,
                                      prediction_service_pb2_grpc)
 from tensorflow_serving.config import model_server_config_pb2
 
+from clients import prometheus
 from tests.serving import helpers
 from tests.serving.conftest import needs_embedded
 
@@ -34,55 +43,120 @@ pytestmark = needs_embedded
 S = helpers.IMAGE_SIZE
 AVAILABLE = get_model_status_pb2.ModelVersionStatus.AVAILABLE
 END = get_model_status_pb2.ModelVersionStatus.END
+METRICS = "/monitoring/prometheus/metrics"
+FAST_POLLS = ("--file_system_poll_wait_seconds=1", "--model_config_file_poll_wait_seconds=1",
+              "--max_num_load_retries=0")
+
+
+def _entry(name: str, base_path: str | Path, extra: str = "") -> str:
+  return (f'config {{ name: "{name}" base_path: "{base_path}" model_platform: "tensorflow" '
+          f'{extra} }}')
+
+
+def _config_text(*entries: str) -> str:
+  return "model_config_list {\n  " + "\n  ".join(entries) + "\n}\n"
+
+
+class Server:
+  """A running embedded server over its own repository, with stubs."""
+
+  def __init__(self, root: Path, process: helpers.ServerProcess):
+    self.root, self.process = root, process
+    self.channel = grpc.insecure_channel(process.grpc_address,
+                                         options=[("grpc.max_send_message_length", 64 << 20)])
+    self.predict = prediction_service_pb2_grpc.PredictionServiceStub(self.channel)
+    self.models = model_service_pb2_grpc.ModelServiceStub(self.channel)
+    self.rest = f"http://{process.rest_address}"
+
+  def close(self) -> None:
+    self.channel.close()
+    self.process.stop()
+
+  def states(self, model: str = "live") -> dict[int, tuple[int, str]]:
+    request = get_model_status_pb2.GetModelStatusRequest()
+    request.model_spec.name = model
+    return {s.version: (s.state, s.status.error_message)
+            for s in self.models.GetModelStatus(request, timeout=30).model_version_status}
+
+  def reload(self, config: model_server_config_pb2.ModelServerConfig):
+    return self.models.HandleReloadConfigRequest(
+        model_management_pb2.ReloadConfigRequest(config=config), timeout=120)
+
+  def failed_requests(self) -> float:
+    """Requests the server itself counted as failed (any status but OK)."""
+    samples = prometheus.scrape(self.process.rest_address, METRICS)
+    return sum(s.value for s in samples
+               if s.name == ":tensorflow:serving:request_count" and s.labels["status"] != "OK")
+
+
+def _start(root: Path, *flags: str, config: str | None = None) -> helpers.ServerProcess:
+  (root / "monitoring.config").write_text(f'prometheus_config {{ enable: true path: "{METRICS}" }}\n')
+  if config is not None:
+    (root / "models.config").write_text(config)
+  return helpers.ServerProcess([
+      f"--port={helpers.free_port()}", f"--rest_api_port={helpers.free_port()}",
+      f"--model_config_file={root / 'models.config'}",
+      f"--monitoring_config_file={root / 'monitoring.config'}", *flags], cwd=root)
+
+
+def _copy_version(repository: Path, root: Path, version: int, to: int | None = None) -> Path:
+  """Version 1 (with warmup data) or 2 (+1 on the logits) of the tiny model."""
+  target = root / "live" / str(to or version)
+  shutil.copytree(repository / helpers.TF2_MODEL / str(version), target)
+  return target
+
+
+@pytest.fixture
+def fresh(tmp_path: Path, repository: Path) -> Iterator[Callable[..., Server]]:
+  """Starts a server of this test's own on `live` (version 1 unless told)."""
+  started: list[Server] = []
+
+  def start(*flags: str, versions: tuple[int, ...] = (1,), config: str | None = None) -> Server:
+    for v in versions:
+      _copy_version(repository, tmp_path, v)
+    server = Server(tmp_path, _start(tmp_path, *flags, config=config or _config_text(
+        _entry("live", tmp_path / "live"))))
+    started.append(server)
+    return server
+
+  yield start
+  for server in started:
+    server.close()
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory, repository):
-  root = tmp_path_factory.mktemp("lifecycle")
-  shutil.copytree(repository / helpers.TF2_MODEL / "1", root / "live" / "1")
-  config = root / "models.config"
-  config.write_text('model_config_list { config { name: "live" base_path: "live" '
-                    'model_platform: "tensorflow" } }\n')
+def shared(tmp_path_factory, repository: Path) -> Iterator[Server]:
+  """One server for the tests that change nothing: `live` versions 1 and 2,
+  batching to 4, 1 MB message limits, a UNIX socket, a relative config path."""
+  root = tmp_path_factory.mktemp("shared")
+  for v in (1, 2):
+    _copy_version(repository, root, v)
+  (root / "models.config").write_text(_config_text(
+      _entry("live", "live", "model_version_policy { all {} }")))   # relative: to the cwd
   (root / "batching.config").write_text(
       "max_batch_size { value: 4 }\nbatch_timeout_micros { value: 500000 }\n"
       "max_enqueued_batches { value: 100 }\nnum_batch_threads { value: 1 }\n"
       "allowed_batch_sizes: 2\nallowed_batch_sizes: 4\n")
-  (root / "monitoring.config").write_text(
-      'prometheus_config { enable: true, path: "/monitoring/prometheus/metrics" }\n')
-  socket_path = root / "grpc.sock"
-  server = helpers.ServerProcess([
-      "--port", str(helpers.free_port()), f"--rest_api_port={helpers.free_port()}",
-      "--model_config_file=models.config",      # relative: resolved against cwd, as TF Serving
-      "--file_system_poll_wait_seconds=1", "--model_config_file_poll_wait_seconds=1",
-      "--enable_batching", "--batching_parameters_file=batching.config",
-      "--monitoring_config_file=monitoring.config",
-      f"--grpc_socket_path={socket_path}",
+  server = Server(root, _start(
+      root, "--enable_batching", "--batching_parameters_file=batching.config",
+      f"--grpc_socket_path={root / 'grpc.sock'}",
       "--grpc_channel_arguments=grpc.max_receive_message_length=1000000",
-      "--rest_api_max_body_bytes=1000000"], cwd=root)
-  channel = grpc.insecure_channel(server.grpc_address,
-                                  options=[("grpc.max_send_message_length", 64 << 20)])
-  yield {"root": root, "server": server, "socket": socket_path,
-         "stub": prediction_service_pb2_grpc.PredictionServiceStub(channel),
-         "models": model_service_pb2_grpc.ModelServiceStub(channel),
-         "rest": f"http://{server.rest_address}"}
-  channel.close()
-  server.stop()
+      "--rest_api_max_body_bytes=1000000"))
+  yield server
+  server.close()
 
 
-def _request(images: np.ndarray, version: int | None = None) -> predict_pb2.PredictRequest:
+def _request(images: np.ndarray, version: int | None = None,
+             model: str = "live") -> predict_pb2.PredictRequest:
   request = predict_pb2.PredictRequest()
-  request.model_spec.name = "live"
+  request.model_spec.name = model
   if version is not None:
     request.model_spec.version.value = version
   request.inputs["images"].CopyFrom(tf.make_tensor_proto(images))
   return request
 
 
-def _states(models) -> dict[int, tuple[int, str]]:
-  request = get_model_status_pb2.GetModelStatusRequest()
-  request.model_spec.name = "live"
-  return {s.version: (s.state, s.status.error_message)
-          for s in models.GetModelStatus(request, timeout=30).model_version_status}
+ONE = np.zeros((1, S, S, 3), np.float32)
 
 
 def _wait_for(predicate, timeout: float = 60.0):
@@ -95,81 +169,333 @@ def _wait_for(predicate, timeout: float = 60.0):
   raise AssertionError("condition not reached in time")
 
 
-def test_version_dropped_in_is_served_without_restart(setup):
-  root, stub, models = setup["root"], setup["stub"], setup["models"]
-  images = np.zeros((1, S, S, 3), np.float32)
-  before = stub.Predict(_request(images), timeout=30)
+class Traffic:
+  """Two threads predicting on `live` through the official stub (which never
+  retries) until stopped; every failure is kept."""
+
+  def __init__(self, server: Server):
+    self.server, self.ok, self.failures = server, 0, []
+    self._stop = threading.Event()
+    self._lock = threading.Lock()
+    self._threads = [threading.Thread(target=self._run, daemon=True) for _ in range(2)]
+    for t in self._threads:
+      t.start()
+
+  def _run(self) -> None:
+    while not self._stop.is_set():
+      try:
+        self.server.predict.Predict(_request(ONE), timeout=10)
+      except grpc.RpcError as e:
+        with self._lock:
+          self.failures.append(f"{e.code().name}: {e.details()}")
+        continue
+      with self._lock:
+        self.ok += 1
+
+  def stop(self) -> None:
+    self._stop.set()
+    for t in self._threads:
+      t.join(timeout=30)
+
+
+# ----------------------------------------------------------- repository polling
+
+def test_version_dropped_in_is_served_without_restart(fresh):
+  server = fresh(*FAST_POLLS)
+  root = server.root
+  before = server.predict.Predict(_request(ONE), timeout=30)
   assert before.model_spec.version.value == 1
   (root / "live" / ".tmp-9").mkdir()       # an exporter mid-write: ignored
   helpers.write_tf2_model(root / "staging", bias=1.0)
   os.rename(root / "staging", root / "live" / "2")
-  _wait_for(lambda: _states(models).get(2, (None,))[0] == AVAILABLE)
-  after = stub.Predict(_request(images), timeout=30)
+  _wait_for(lambda: server.states().get(2, (None,))[0] == AVAILABLE)
+  after = server.predict.Predict(_request(ONE), timeout=30)
   assert after.model_spec.version.value == 2
   delta = tf.make_ndarray(after.outputs["logits"]) - tf.make_ndarray(before.outputs["logits"])
   np.testing.assert_allclose(delta, 1.0, rtol=1e-5)
-  _wait_for(lambda: _states(models).get(1, (None,))[0] == END)    # unloaded after 2 is up
-  assert 9 not in _states(models)
+  _wait_for(lambda: server.states().get(1, (None,))[0] == END)    # unloaded after 2 is up
+  assert 9 not in server.states()
 
 
-def test_corrupt_version_does_not_replace_the_serving_one(setup):
-  root, stub, models = setup["root"], setup["stub"], setup["models"]
-  (root / "staging").mkdir()
-  (root / "staging" / "saved_model.pb").write_bytes(b"\x00garbage, not a SavedModel")
-  os.rename(root / "staging", root / "live" / "3")
-  state, message = _wait_for(lambda: _states(models).get(3))
+def test_corrupt_version_does_not_replace_the_serving_one(fresh):
+  server = fresh(*FAST_POLLS)
+  (server.root / "staging").mkdir()
+  (server.root / "staging" / "saved_model.pb").write_bytes(b"\x00garbage, not a SavedModel")
+  os.rename(server.root / "staging", server.root / "live" / "2")
+  state, message = _wait_for(lambda: server.states().get(2))
   assert state == END and message, (state, message)
-  assert _states(models)[2][0] == AVAILABLE
-  response = stub.Predict(_request(np.zeros((1, S, S, 3), np.float32)), timeout=30)
-  assert response.model_spec.version.value == 2
+  assert server.states()[1][0] == AVAILABLE
+  assert server.predict.Predict(_request(ONE), timeout=30).model_spec.version.value == 1
+  server.process.wait_for_log(r"Loading servable: \{name: live version: 2\} failed")
 
 
-def test_reload_config_moves_labels(setup):
-  stub, models = setup["stub"], setup["models"]
+def test_base_path_missing_for_a_while_keeps_serving(fresh):
+  """TF Serving's file-system source emits nothing when the base path cannot
+  be read, so what is loaded stays (file_system_storage_path_source.cc)."""
+  server = fresh(*FAST_POLLS)
+  traffic = Traffic(server)
+  try:
+    time.sleep(1)
+    os.rename(server.root / "live", server.root / "live.away")
+    server.process.wait_for_log(r"Could not find base path .*live for servable live")
+    time.sleep(3)                          # three polls with the base path gone
+    os.rename(server.root / "live.away", server.root / "live")
+    server.process.wait_for_log(r"Base path .*live for servable live is back")
+    time.sleep(1)
+  finally:
+    traffic.stop()
+  assert traffic.failures == [], traffic.failures[:5]
+  assert traffic.ok > 20
+  assert server.failed_requests() == 0
+  assert server.states() == {1: (AVAILABLE, "")}
+  assert server.process.log.count("Could not find base path") == 1    # not every poll
+
+
+# ------------------------------------------------------------ config reloads
+
+def _live_config(server: Server, versions: tuple[int, ...], **labels: int
+                 ) -> model_server_config_pb2.ModelServerConfig:
   config = model_server_config_pb2.ModelServerConfig()
   model = config.model_config_list.config.add(
-      name="live", base_path=str(setup["root"] / "live"), model_platform="tensorflow")
-  model.model_version_policy.specific.versions.extend([1, 2])
-  model.version_labels["stable"] = 1
-  model.version_labels["canary"] = 2
-  reply = models.HandleReloadConfigRequest(
-      model_management_pb2.ReloadConfigRequest(config=config), timeout=60)
-  assert reply.status.error_code == 0
-  request = _request(np.zeros((1, S, S, 3), np.float32))
-  request.model_spec.version_label = "stable"
-  assert stub.Predict(request, timeout=30).model_spec.version.value == 1
+      name="live", base_path=str(server.root / "live"), model_platform="tensorflow")
+  model.model_version_policy.specific.versions.extend(versions)
+  for label, version in labels.items():
+    model.version_labels[label] = version
+  return config
 
-  model.version_labels["stable"] = 9
+
+def test_reload_config_moves_labels(fresh):
+  server = fresh(*FAST_POLLS, versions=(1, 2), config=_config_text(
+      _entry("live", "live", "model_version_policy { all {} }")))
+  config = _live_config(server, (1, 2), stable=1, canary=2)
+  assert server.reload(config).status.error_code == 0
+  request = _request(ONE)
+  request.model_spec.version_label = "stable"
+  assert server.predict.Predict(request, timeout=30).model_spec.version.value == 1
+
+  config.model_config_list.config[0].version_labels["stable"] = 9
   with pytest.raises(grpc.RpcError) as info:
-    models.HandleReloadConfigRequest(model_management_pb2.ReloadConfigRequest(config=config),
-                                     timeout=60)
+    server.reload(config)
   assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION
   assert ("Request to assign label to version 9 of model live, which is not currently "
           "available for inference") in info.value.details()
-  assert stub.Predict(request, timeout=30).model_spec.version.value == 1   # old labels kept
+  assert server.predict.Predict(request, timeout=30).model_spec.version.value == 1
 
 
-def test_unix_socket(setup):
-  with grpc.insecure_channel(f"unix:{setup['socket']}") as channel:
+def test_adding_a_version_and_labelling_it_takes_two_reloads(fresh):
+  """Labels are checked before models change (server_core.cc), so the first
+  reload is refused and changes nothing; adding, then labelling works."""
+  server = fresh(*FAST_POLLS, versions=(1, 2), config=_config_text(
+      _entry("live", "live", "model_version_policy { specific { versions: 1 } }")))
+  with pytest.raises(grpc.RpcError) as info:
+    server.reload(_live_config(server, (1, 2), canary=2))
+  assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+  time.sleep(1.5)                          # a poll: version 2 stays unaspired
+  assert 2 not in server.states()
+  assert server.reload(_live_config(server, (1, 2))).status.error_code == 0
+  _wait_for(lambda: server.states().get(2, (None,))[0] == AVAILABLE)
+  assert server.reload(_live_config(server, (1, 2), canary=2)).status.error_code == 0
+  request = _request(ONE)
+  request.model_spec.version_label = "canary"
+  assert server.predict.Predict(request, timeout=30).model_spec.version.value == 2
+
+
+def test_reload_waits_for_new_models_and_fails_when_one_does_not_load(fresh, repository):
+  server = fresh(*FAST_POLLS)
+  shutil.copytree(repository / helpers.TF2_MODEL / "2", server.root / "second" / "1")
+  (server.root / "broken" / "1").mkdir(parents=True)
+  (server.root / "broken" / "1" / "saved_model.pb").write_bytes(b"not a SavedModel")
+  config = _live_config(server, (1,))
+  config.model_config_list.config.add(name="second", base_path=str(server.root / "second"),
+                                      model_platform="tensorflow")
+  assert server.reload(config).status.error_code == 0
+  # Answered once the new model is up: no waiting on the client's side.
+  assert server.predict.Predict(_request(ONE, model="second"), timeout=30).outputs
+
+  config.model_config_list.config.add(name="broken", base_path=str(server.root / "broken"),
+                                      model_platform="tensorflow")
+  with pytest.raises(grpc.RpcError) as info:
+    server.reload(config)
+  assert info.value.code() == grpc.StatusCode.UNKNOWN
+  assert info.value.details().startswith(
+      "1 model(s) did not become available: {{{name: broken version: 1} due to error: ")
+  assert server.predict.Predict(_request(ONE), timeout=30).model_spec.version.value == 1
+
+
+INVALID_RELOADS = [
+    (lambda c: c.Clear(), "ServerModelConfig type not supported by HandleReloadConfigRequest"),
+    (lambda c: setattr(c.model_config_list.config[0], "base_path", "live"),
+     "Expected model live to have an absolute path or URI; got base_path()=live"),
+    (lambda c: c.model_config_list.config[0].ClearField("model_platform"),
+     "Illegal setting neither ModelServerConfig::model_type (deprecated) nor "
+     "ModelServerConfig::model_platform, model name is live"),
+]
+
+
+def test_invalid_reloads_are_refused_and_change_nothing(fresh):
+  """An empty ReloadConfigRequest used to unload every model here; TF Serving
+  answers INVALID_ARGUMENT (model_service_impl.cc), as it does for a relative
+  base path or a missing platform (server_core.cc)."""
+  server = fresh(*FAST_POLLS)
+  traffic = Traffic(server)
+  try:
+    for change, message in INVALID_RELOADS:
+      config = _live_config(server, (1,))
+      change(config)
+      with pytest.raises(grpc.RpcError) as info:
+        server.reload(config)
+      assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT, message
+      assert message in info.value.details()
+    time.sleep(1.5)
+  finally:
+    traffic.stop()
+  assert traffic.failures == [] and traffic.ok > 0
+  assert server.failed_requests() == 0
+  assert server.states() == {1: (AVAILABLE, "")}
+
+
+# -------------------------------------------------------- config file polling
+
+def test_config_file_changes_are_polled(fresh):
+  server = fresh(*FAST_POLLS, versions=(1, 2))
+  (server.root / "models.config").write_text(_config_text(
+      _entry("live", "live"), _entry("again", "live", "model_version_policy { specific { "
+                                     "versions: 1 } }")))
+  _wait_for(lambda: _status_or_none(server, "again") == {1: (AVAILABLE, "")})
+
+
+def _status_or_none(server: Server, model: str):
+  try:
+    return server.states(model)
+  except grpc.RpcError:
+    return None
+
+
+def test_empty_and_garbage_config_files_are_survived(fresh):
+  """Editors and `cat >` leave the file empty or half-written for a moment:
+  nothing may change (TF Serving: "Taking no action for empty config", and a
+  file that does not parse is not applied), and each is logged once, not at
+  every poll."""
+  server = fresh(*FAST_POLLS)
+  config = server.root / "models.config"
+  good = config.read_text()
+  traffic = Traffic(server)
+  try:
+    time.sleep(1)
+    config.write_text("")
+    time.sleep(3)
+    config.write_text(good[:len(good) // 2])    # half written
+    time.sleep(3)
+  finally:
+    traffic.stop()
+  assert traffic.failures == [], traffic.failures[:5]
+  assert traffic.ok > 20
+  assert server.failed_requests() == 0
+  assert server.states() == {1: (AVAILABLE, "")}
+  log = server.process.log
+  assert log.count("Taking no action for empty config.") == 1, log
+  assert log.count("Failed to read ModelServerConfig file") == 1, log
+  config.write_text(good.replace('"tensorflow"', '"tensorflow" model_version_policy { all {} }'))
+  server.process.wait_for_log("Reloading model config")
+
+
+# ------------------------------------------------------------------ start-up
+
+def test_startup_waits_for_a_missing_model_with_ports_closed(tmp_path, repository):
+  """tensorflow_model_server opens its ports only once every model is
+  AVAILABLE (server.cc): a base path that appears later is waited for."""
+  port = helpers.free_port()
+  (tmp_path / "models.config").write_text(_config_text(_entry("live", tmp_path / "live")))
+  seen: dict[str, object] = {}
+
+  def appear_later() -> None:
+    time.sleep(4)
+    with socket.socket() as s:
+      seen["connect"] = s.connect_ex(("127.0.0.1", port))
+    _copy_version(repository, tmp_path, 1)
+
+  threading.Thread(target=appear_later, daemon=True).start()
+  process = helpers.ServerProcess([f"--port={port}", "--rest_api_port=0",
+                                   f"--model_config_file={tmp_path / 'models.config'}"],
+                                  cwd=tmp_path)
+  try:
+    assert seen["connect"] != 0          # refused while waiting
+    lines = process.log.splitlines()
+    loaded = next(i for i, line in enumerate(lines) if "Successfully loaded" in line)
+    listening = next(i for i, line in enumerate(lines) if "Running gRPC ModelServer" in line)
+    assert loaded < listening
+  finally:
+    process.stop()
+
+
+def test_startup_fails_when_a_model_does_not_load(tmp_path, repository):
+  _copy_version(repository, tmp_path, 1)
+  (tmp_path / "broken" / "1").mkdir(parents=True)
+  (tmp_path / "broken" / "1" / "saved_model.pb").write_bytes(b"not a SavedModel")
+  (tmp_path / "models.config").write_text(_config_text(
+      _entry("live", tmp_path / "live"), _entry("broken", tmp_path / "broken")))
+  port = helpers.free_port()
+  with pytest.raises(RuntimeError, match="server exited with 1") as info:
+    helpers.ServerProcess([f"--port={port}", "--max_num_load_retries=0",
+                           f"--model_config_file={tmp_path / 'models.config'}"], cwd=tmp_path)
+  assert ("Failed to start server. Error: UNKNOWN: 1 servable(s) did not become available: "
+          "{{{name: broken version: 1} due to error: ") in str(info.value)
+  assert "Running gRPC ModelServer" not in str(info.value)
+
+
+def test_second_server_on_a_busy_port_fails(fresh):
+  """gRPC's default SO_REUSEPORT let a second server start and take half the
+  connections; both ports must fail the start instead."""
+  first = fresh()
+  for busy in (first.process.grpc_address, first.process.rest_address):
+    ports = [helpers.free_port(), helpers.free_port()]
+    ports[busy == first.process.rest_address] = int(busy.rsplit(":", 1)[1])
+    with pytest.raises(RuntimeError, match="server exited with 1") as info:
+      helpers.ServerProcess([f"--port={ports[0]}", f"--rest_api_port={ports[1]}",
+                             f"--model_config_file={first.root / 'models.config'}"],
+                            cwd=first.root)
+    assert "Failed to start server. Error:" in str(info.value)
+    assert "already in use" in str(info.value)
+  assert first.predict.Predict(_request(ONE), timeout=30).outputs     # first one unharmed
+
+
+# ------------------------------------------------------- shared, read-only
+
+def test_status_ignores_the_version_label(shared):
+  """GetModelStatus reads only the name and version (get_model_status_impl.cc),
+  and REST's GET .../labels/L goes through it (http_rest_api_handler.cc)."""
+  request = get_model_status_pb2.GetModelStatusRequest()
+  request.model_spec.name = "live"
+  request.model_spec.version_label = "no-such-label"
+  reply = shared.models.GetModelStatus(request, timeout=30)
+  assert sorted(s.version for s in reply.model_version_status) == [1, 2]
+  with urllib.request.urlopen(f"{shared.rest}/v1/models/live/labels/no-such-label",
+                              timeout=30) as response:
+    body = json.loads(response.read())
+  assert sorted(s["version"] for s in body["model_version_status"]) == ["1", "2"]
+
+
+def test_unix_socket(shared):
+  with grpc.insecure_channel(f"unix:{shared.root / 'grpc.sock'}") as channel:
     stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
-    response = stub.Predict(_request(np.zeros((1, S, S, 3), np.float32)), timeout=30)
+    response = stub.Predict(_request(ONE), timeout=30)
   assert response.outputs["logits"].tensor_shape.dim[0].size == 1
 
 
-def _metrics(setup) -> str:
-  with urllib.request.urlopen(f"{setup['rest']}/monitoring/prometheus/metrics",
-                              timeout=30) as response:
-    return response.read().decode()
+def _batch_count(server: Server) -> float:
+  return prometheus.total(prometheus.scrape(server.process.rest_address, METRICS),
+                          ":tensorflow:serving:batching:processed_batch_size_count",
+                          model_name="live")
 
 
-def test_batching_merges_concurrent_requests(setup):
-  stub = setup["stub"]
+def test_batching_merges_concurrent_requests(shared):
+  stub = shared.predict
   rng = np.random.default_rng(3)
   images = rng.uniform(-1, 1, (8, S, S, 3)).astype(np.float32)
-  alone = tf.make_ndarray(stub.Predict(_request(images[:4], 2), timeout=30).outputs["logits"])
-  alone = np.concatenate([alone, tf.make_ndarray(
-      stub.Predict(_request(images[4:], 2), timeout=30).outputs["logits"])])
-  batches_before = _batch_count(_metrics(setup))
+  alone = np.concatenate([tf.make_ndarray(stub.Predict(_request(images[i:i + 4], 2),
+                                                       timeout=30).outputs["logits"])
+                          for i in (0, 4)])
+  batches_before = _batch_count(shared)
   with concurrent.futures.ThreadPoolExecutor(8) as pool:
     replies = list(pool.map(lambda i: stub.Predict(_request(images[i:i + 1], 2), timeout=60),
                             range(8)))
@@ -177,40 +503,30 @@ def test_batching_merges_concurrent_requests(setup):
     np.testing.assert_allclose(tf.make_ndarray(reply.outputs["logits"]), alone[i:i + 1],
                                rtol=1e-5, atol=1e-6)
   # 8 single-image requests ran as fewer model calls.
-  assert 0 < _batch_count(_metrics(setup)) - batches_before < 8
+  assert _batch_count(shared) - batches_before < 8
 
 
-def _batch_count(text: str) -> int:
-  total = 0
-  for line in text.splitlines():
-    # TF Serving's batching metrics carry no model name (batching_util.h).
-    if line.startswith(":tensorflow:serving:batching_session:processed_batch_size_count"):
-      total += int(line.rsplit(" ", 1)[1])
-  return total
-
-
-def test_prometheus_metrics(setup):
-  text = _metrics(setup)
+def test_prometheus_metrics(shared):
+  shared.predict.Predict(_request(ONE, 2), timeout=30)
+  with urllib.request.urlopen(f"{shared.rest}{METRICS}", timeout=30) as response:
+    text = response.read().decode()
   assert "# TYPE :tensorflow:serving:request_count counter" in text
-  assert ':tensorflow:serving:request_count{model_name="live",status="OK"}' in text
-  assert ':tensorflow:serving:request_latency_bucket{model_name="live",API="Predict",' \
-         'entrypoint="GRPC",le="+Inf"}' in text
-  per_version = [line for line in text.splitlines()
-                 if line.startswith(':embedded_serving:request_count{model_name="live",'
-                                    'model_version="2",signature_name="serving_default"')]
-  assert per_version, text
+  samples = prometheus.parse(text)
+  assert prometheus.total(samples, ":tensorflow:serving:request_count", model_name="live",
+                          status="OK") >= 1
+  assert prometheus.total(samples, ":embedded_serving:request_count", model_name="live",
+                          model_version="2", signature_name="serving_default") >= 1
 
 
-def test_oversize_messages_are_refused(setup):
-  small = np.zeros((4, S, S, 3), np.float32)
+def test_oversize_messages_are_refused(shared):
   huge = np.zeros((2000, S, S, 3), np.float32)   # 1.5 MB: over the 1 MB limits
   with pytest.raises(grpc.RpcError) as info:
-    setup["stub"].Predict(_request(huge, 2), timeout=60)
+    shared.predict.Predict(_request(huge, 2), timeout=60)
   assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
   # The server answers from Content-Length alone, before reading the body;
   # sending the body too would race its close (a broken pipe, not a 413).
   size = len(json.dumps({"inputs": huge.tolist()}))
-  connection = http.client.HTTPConnection(urllib.parse.urlsplit(setup["rest"]).netloc,
+  connection = http.client.HTTPConnection(urllib.parse.urlsplit(shared.rest).netloc,
                                           timeout=60)
   try:
     connection.putrequest("POST", "/v1/models/live:predict")
@@ -222,39 +538,18 @@ def test_oversize_messages_are_refused(setup):
     assert "exceeds the limit" in json.loads(response.read())["error"]
   finally:
     connection.close()
-  assert setup["stub"].Predict(_request(small, 2), timeout=60).outputs
+  assert shared.predict.Predict(_request(np.zeros((4, S, S, 3), np.float32), 2),
+                                timeout=60).outputs
 
 
-def test_batch_larger_than_max_batch_size_is_refused(setup):
+def test_batch_larger_than_max_batch_size_is_refused(shared):
   with pytest.raises(grpc.RpcError) as info:
-    setup["stub"].Predict(_request(np.zeros((5, S, S, 3), np.float32), 2), timeout=30)
+    shared.predict.Predict(_request(np.zeros((5, S, S, 3), np.float32), 2), timeout=30)
   assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
   assert "Task size 5 is larger than maximum input batch size 4" in info.value.details()
 
 
-def test_corrupt_path_in_log(setup):
-  setup["server"].wait_for_log(r"Loading servable: \{name: live version: 3\} failed")
-
-
-def test_relative_base_path_and_warmup(setup):
-  line = setup["server"].wait_for_log(r"Loading servable version \{name: live version: 1\}")
-  assert str(Path(setup["root"]) / "live" / "1") in line
-  setup["server"].wait_for_log(r"live/1\. Number of warmup records read: 1\.")
-
-
-def test_config_file_changes_are_polled(setup):
-  """Last: it replaces the config the reload test installed."""
-  (setup["root"] / "models.config").write_text(
-      'model_config_list { config { name: "live" base_path: "live" } '
-      'config { name: "again" base_path: "live" '
-      'model_version_policy { specific { versions: 2 } } } }\n')
-  request = get_model_status_pb2.GetModelStatusRequest()
-  request.model_spec.name = "again"
-
-  def again_available():
-    try:
-      reply = setup["models"].GetModelStatus(request, timeout=30)
-    except grpc.RpcError:
-      return False
-    return [(s.version, s.state) for s in reply.model_version_status] == [(2, AVAILABLE)]
-  _wait_for(again_available)
+def test_relative_base_path_and_warmup(shared):
+  line = shared.process.wait_for_log(r"Loading servable version \{name: live version: 1\}")
+  assert str(shared.root / "live" / "1") in line
+  shared.process.wait_for_log(r"live/1\. Number of warmup records read: 1\.")
