@@ -50,6 +50,8 @@ from typing import Callable
 
 import numpy as np
 
+from clients import prometheus
+
 ROOT = Path(__file__).resolve().parents[1]
 CACHE = ROOT / ".cache" / "bench_serving"
 PREDICT = "/tensorflow.serving.PredictionService/Predict"
@@ -400,15 +402,9 @@ def digits_rows(tmp: Path) -> list[dict]:
 
 def _histogram(rest_address: str) -> tuple[float, float]:
   """(sum, count) of the server's processed_batch_size histogram."""
-  with urllib.request.urlopen(f"http://{rest_address}/monitoring/prometheus/metrics",
-                              timeout=30) as response:
-    text = response.read().decode()
-  totals = {"sum": 0.0, "count": 0.0}
-  for line in text.splitlines():
-    for kind in totals:
-      if line.startswith(f":tensorflow:serving:batching:processed_batch_size_{kind}{{"):
-        totals[kind] += float(line.rsplit(" ", 1)[1])
-  return totals["sum"], totals["count"]
+  samples = prometheus.scrape(rest_address)
+  name = ":tensorflow:serving:batching_session:processed_batch_size"
+  return prometheus.total(samples, f"{name}_sum"), prometheus.total(samples, f"{name}_count")
 
 
 def run() -> list[dict]:

@@ -9,7 +9,8 @@ ones are unloaded only once an aspired version is AVAILABLE
 with its error) never takes the serving one down.  Version labels may only
 point at AVAILABLE versions unless allowed otherwise; config reloads (from
 the file or HandleReloadConfigRequest) add, change and remove models.
-Directories that are not integers (an exporter's `.tmp-123`) are ignored.
+Directories that are not integers (an exporter's `.tmp-123`) are ignored; a
+base path that cannot be read (an NFS blip, a directory swap) changes nothing.
 """
 
 from __future__ import annotations
@@ -170,8 +171,6 @@ class ModelManager:
       still = []
       for model in pending:
         with self._lock:
-          if self._models.get(model.config.name) is not model:
-            continue             # removed by a later config: no longer awaited
           newest = model.versions.get(model.aspired[0]) if model.aspired else None
         if newest is None or newest.state != AVAILABLE:
           if newest is not None and newest.failures > self.options.max_load_retries:

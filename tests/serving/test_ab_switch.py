@@ -15,20 +15,22 @@ import json
 import shutil
 import threading
 import time
-import urllib.request
 from collections import Counter
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import pytest
 
 import export
-from clients import ClientError, GrpcClient, RestClient, RoutedClient, Router, label_arms
-from serving.rollout import Rollout, RolloutError, compare, read_config
+from clients import (NO_RETRY, ClientError, GrpcClient, RestClient, RoutedClient, Router,
+                     label_arms, model_config, prometheus)
+from serving.rollout import Rollout, RolloutError, compare
 from tests.serving.helpers import ServerProcess, free_port
 
 MODEL = "ab"
 DATA = Path(__file__).parents[1] / "data"
+METRICS = "/metrics"
 
 
 def write_checkpoint(path: Path, head_shift: float) -> Path:
@@ -42,25 +44,44 @@ def write_checkpoint(path: Path, head_shift: float) -> Path:
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory):
-  root = tmp_path_factory.mktemp("ab")
-  cfg_json = root / "config.json"
+def exported(tmp_path_factory) -> dict:
+  """Version 1 exported once (the slow part), and the config and checkpoint
+  each test exports version 2 from."""
+  src = tmp_path_factory.mktemp("ab-src")
+  cfg_json = src / "config.json"
   cfg_json.write_text(json.dumps(json.loads((DATA / "manifest.json").read_text())
                                  ["vit_a_token"]["config"]))
-  ckpts = {v: write_checkpoint(root / f"v{v}.npz", shift) for v, shift in ((1, 0.0), (2, 0.5))}
+  ckpts = {v: write_checkpoint(src / f"v{v}.npz", shift) for v, shift in ((1, 0.0), (2, 0.5))}
+  export.export_checkpoint(str(ckpts[1]), MODEL, src / "models", config=str(cfg_json),
+                           model_config_file=src / "models.config")
+  return {"src": src, "config": cfg_json, "ckpts": ckpts}
+
+
+@pytest.fixture
+def setup(tmp_path: Path, exported: dict) -> Iterator[tuple]:
+  """A server of this test's own over a repository holding version 1, its
+  models.config as the exporter left it."""
+  root = tmp_path
+  shutil.copytree(exported["src"] / "models", root / "models")
   config_file = root / "models.config"
-  monitoring = root / "monitoring.config"
-  monitoring.write_text('prometheus_config { enable: true path: "/metrics" }\n')
-  export.export_checkpoint(str(ckpts[1]), MODEL, root / "models", config=str(cfg_json),
-                           model_config_file=config_file)
+  shutil.copy(exported["src"] / "models.config", config_file)
+  (root / "monitoring.config").write_text(
+      f'prometheus_config {{ enable: true path: "{METRICS}" }}\n')
   server = ServerProcess([f"--port={free_port()}",
                           f"--rest_api_port={free_port()}",
                           f"--model_config_file={config_file}",
                           "--model_config_file_poll_wait_seconds=1",
                           "--file_system_poll_wait_seconds=1",
-                          f"--monitoring_config_file={monitoring}"], cwd=root)
-  yield root, cfg_json, ckpts, config_file, server
+                          f"--monitoring_config_file={root / 'monitoring.config'}"], cwd=root)
+  yield root, exported["config"], exported["ckpts"], config_file, server
   server.stop()
+
+
+def failed_requests(server: ServerProcess) -> float:
+  """Requests of the model the server itself counted as failed."""
+  return sum(s.value for s in prometheus.scrape(server.rest_address, METRICS)
+             if s.name == ":tensorflow:serving:request_count"
+             and s.labels.get("model_name") == MODEL and s.labels["status"] != "OK")
 
 
 def expected_logits(root: Path, version: int, images: np.ndarray) -> np.ndarray:
@@ -84,7 +105,9 @@ class Traffic:
     self.failures: list[str] = []
     self._stop = threading.Event()
     self._lock = threading.Lock()
-    clients = [GrpcClient(server.grpc_address), RestClient(server.rest_address)]
+    # No retries: a request that fails once is a failure.
+    clients = [GrpcClient(server.grpc_address, retry=NO_RETRY),
+               RestClient(server.rest_address, retry=NO_RETRY)]
     self._threads = [threading.Thread(target=self._run, args=(c, i), daemon=True)
                      for c in clients for i in range(threads_per_transport)]
     self._clients = clients
@@ -167,8 +190,7 @@ def test_canary_promote_rollback_retire_under_load(setup):
     traffic.route({"stable": 0.5, "canary": 0.5})
     traffic.set_phase("canary", 4)
     # The operator's view before promoting: both arms with traffic, no errors.
-    with urllib.request.urlopen(f"http://{server.rest_address}/metrics", timeout=30) as r:
-      arms = compare(r.read().decode(), MODEL)
+    arms = compare(prometheus.scrape(server.rest_address, METRICS), MODEL)
     assert arms["1"]["requests"] > 0 and arms["2"]["requests"] > 0, arms
     assert arms["1"]["errors"] == arms["2"]["errors"] == 0, arms
     assert 0 < arms["2"]["p50_latency_ms"] <= arms["2"]["p99_latency_ms"], arms
@@ -194,6 +216,7 @@ def test_canary_promote_rollback_retire_under_load(setup):
     rollout.close()
 
   assert traffic.failures == [], traffic.failures[:5]
+  assert failed_requests(server) == 0       # the server's own count, for the whole run
   assert len(traffic.results) > 50
   for tr, _, _, reported, matched in traffic.results:
     if tr == "grpc":
@@ -208,7 +231,7 @@ def test_canary_promote_rollback_retire_under_load(setup):
   split = traffic.versions("canary")
   assert set(split) == {1, 2} and 0.25 < split[2] / sum(split.values()) < 0.75, split
   # The file on disk says what the server runs: a restart serves the same.
-  entry = read_config(config_file).model_config_list.config[0]
+  entry = model_config.entry(model_config.read(config_file), MODEL)
   assert list(entry.model_version_policy.specific.versions) == [2]
   assert dict(entry.version_labels) == {"stable": 2}
 
@@ -217,24 +240,25 @@ def test_broken_version_is_never_labelled_or_served(setup):
   root, _, _, config_file, server = setup
   rollout = Rollout(server.grpc_address, config_file, MODEL, base_path_root=str(root),
                     load_timeout_s=120)
+  rollout.canary(1)
   before_labels = rollout.labels()
-  stable = before_labels["stable"]
-  broken = max(int(p.name) for p in (root / "models" / MODEL).iterdir() if p.name.isdigit()) + 1
-  shutil.copytree(root / "models" / MODEL / str(stable), root / "models" / MODEL / str(broken))
-  for f in (root / "models" / MODEL / str(broken) / "variables").glob("variables.data*"):
+  assert before_labels == {"stable": 1}
+  shutil.copytree(root / "models" / MODEL / "1", root / "models" / MODEL / "2")
+  for f in (root / "models" / MODEL / "2" / "variables").glob("variables.data*"):
     f.write_bytes(b"corrupt")
 
   images = np.zeros((1, 32, 32, 3), np.float32)
-  traffic = Traffic(server, images, {stable: expected_logits(root, stable, images)})
+  traffic = Traffic(server, images, {1: expected_logits(root, 1, images)})
   try:
     traffic.set_phase("before", 1)
     with pytest.raises(RolloutError, match="failed to load"):
-      rollout.canary(broken)
+      rollout.canary(2)
     traffic.set_phase("after", 2)
     assert rollout.labels() == before_labels
-    assert broken not in rollout.available()
+    assert 2 not in rollout.available()
   finally:
     traffic.stop()
     rollout.close()
   assert traffic.failures == []
-  assert set(traffic.versions("before")) == set(traffic.versions("after")) == {stable}
+  assert failed_requests(server) == 0
+  assert set(traffic.versions("before")) == set(traffic.versions("after")) == {1}

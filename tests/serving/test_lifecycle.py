@@ -90,7 +90,8 @@ class Server:
 
 
 def _start(root: Path, *flags: str, config: str | None = None) -> helpers.ServerProcess:
-  (root / "monitoring.config").write_text(f'prometheus_config {{ enable: true path: "{METRICS}" }}\n')
+  (root / "monitoring.config").write_text(
+      f'prometheus_config {{ enable: true path: "{METRICS}" }}\n')
   if config is not None:
     (root / "models.config").write_text(config)
   return helpers.ServerProcess([
