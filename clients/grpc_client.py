@@ -57,7 +57,7 @@ class GrpcClient(Client):
         m.path, request_serializer=m.request_serializer,
         response_deserializer=m.response_deserializer)
         for m in (protos.PREDICT, protos.GET_MODEL_METADATA, protos.GET_MODEL_STATUS,
-                  protos.HEALTH_CHECK)}
+                  protos.HANDLE_RELOAD_CONFIG, protos.HEALTH_CHECK)}
 
   def close(self) -> None:
     self._channel.close()
@@ -76,6 +76,20 @@ class GrpcClient(Client):
   def _status(self, model: ModelRef, call: Call) -> list[VersionStatus]:
     return status_from_proto(self._rpc(protos.GET_MODEL_STATUS, status_request(model),
                                        f"GetModelStatus {model}", call))
+
+  def reload_config(self, config: Any, *, timeout: float | None = None,
+                    headers: Headers | None = None) -> None:
+    """ModelService.HandleReloadConfigRequest: makes `config` (a
+    ModelServerConfig, e.g. from clients.model_config) the server's models.
+
+    gRPC only (TF Serving has no REST equivalent). The server answers once
+    the models new to the config are AVAILABLE, so `timeout` should cover a
+    load; a refused config raises ClientError with the server's code.
+    """
+    request = protos.ReloadConfigRequest()
+    request.config.CopyFrom(config)
+    self._rpc(protos.HANDLE_RELOAD_CONFIG, request, "HandleReloadConfigRequest",
+              self._call(timeout, headers))
 
   def _live(self, call: Call) -> bool:
     where = f"Health/Check at grpc://{self.target}"

@@ -62,9 +62,7 @@ class Rollout:
     self.base_path_root = base_path_root or os.getcwd()
     self.model = model
     self.load_timeout_s = load_timeout_s
-    # The server answers a reload once models new to the config have loaded,
-    # so every call may take as long as a load.
-    self.client = GrpcClient(server, timeout=load_timeout_s)
+    self.client = GrpcClient(server)
 
   def close(self) -> None:
     self.client.close()
@@ -179,7 +177,8 @@ class Rollout:
     def apply(config: Any) -> None:
       edit(self._entry(config))
       try:
-        self.client.reload_config(self._absolute(config))
+        # Answered once models new to the config have loaded: allow a load.
+        self.client.reload_config(self._absolute(config), timeout=self.load_timeout_s)
       except ClientError as e:
         raise RolloutError(f"server refused the config: {e.code}: {e.message}") from None
     model_config.update(self.config_path, apply)

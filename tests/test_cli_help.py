@@ -14,9 +14,8 @@ import pytest
 from tests.support.logs import FOREIGN
 from tests.support.paths import ROOT
 
-# serving.rollout joins when its rewrite on the clients library lands (lifecycle).
 COMMANDS = ("export", "export.zoo", "export.finetune", "export.default_model", "serving",
-            "clients", "benchmarks")
+            "serving.rollout", "clients", "benchmarks")
 HEAVY = ("tensorflow", "jax", "flax")
 
 # Runs `python -m MODULE --help` in this process's interpreter and reports
