@@ -22,7 +22,7 @@ import dataclasses
 import json
 import sys
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
 from clients import ClientError, connect
 from clients.base import ENCODED, Client

@@ -384,6 +384,17 @@ def test_async_errors_match_the_sync_ones():
   assert error.attempts == 1 and "try --rest" in str(error)
 
 
+def test_a_server_without_the_health_service_is_live():
+  # TF Serving serves grpc.health.v1 only with --enable_grpc_healthcheck_service;
+  # its UNIMPLEMENTED answer still shows the server is up.
+  fake = Recorder()
+  try:
+    with GrpcClient(f"127.0.0.1:{fake.port}") as client:
+      assert client.is_server_live(timeout=5) is True
+  finally:
+    fake.stop()
+
+
 def test_liveness_of_an_unreachable_server_is_false():
   port = free_port()
   for client in (GrpcClient(f"127.0.0.1:{port}"), RestClient(f"127.0.0.1:{port}")):
