@@ -79,10 +79,13 @@ def _argument_problem(args: argparse.Namespace) -> str | None:
   if args.labels is not None and not os.path.isfile(args.labels):
     return f"--labels: {args.labels}: no such file"
   try:
-    zoo.resolve(args.checkpoint)
+    resolved = zoo.resolve(args.checkpoint)
   except (OSError, ValueError) as e:  # no such file, unknown or malformed name
     return f"--checkpoint: {e}"
   spec = args.config or args.model
+  if spec is None and resolved.config is None:
+    return (f"--config or --model is needed: the name {args.checkpoint!r} does not say "
+            f"which model it is")
   if spec:
     flag = "--config" if args.config else "--model"
     try:

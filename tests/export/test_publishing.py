@@ -174,9 +174,11 @@ def test_classifier_of_a_headless_checkpoint_suggests_features(project, data_dir
      "--labels applies to classifiers only"),
     (["--checkpoint", "B/16", "--name", ".hidden"], "--name: bad model name"),
     (["--checkpoint", "B/16", "--image-size", "0"], "--image-size must be positive"),
+    (["--checkpoint", "README.md"], "--config or --model is needed"),
 ])
 def test_bad_arguments_exit_2_before_anything_is_written(args, message, tmp_path,
                                                          monkeypatch, capsys):
+  (tmp_path / "README.md").write_text("an existing file whose name implies no model")
   monkeypatch.chdir(tmp_path)
   base = {"--name": "m", "--repo": "models"}
   for flag in args[::2]:
@@ -185,7 +187,7 @@ def test_bad_arguments_exit_2_before_anything_is_written(args, message, tmp_path
     cli.parse_args([*args, *[x for kv in base.items() for x in kv]])
   assert e.value.code == 2
   assert message in capsys.readouterr().err
-  assert list(tmp_path.iterdir()) == []
+  assert [p.name for p in tmp_path.iterdir()] == ["README.md"]
 
 
 def test_model_config_sentinel_is_not_a_path():
