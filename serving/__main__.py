@@ -17,7 +17,7 @@ import logging
 import signal
 import sys
 import threading
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
   from serving.model_manager import ModelManager
@@ -41,7 +41,8 @@ def main(argv: list[str]) -> int:
   for name in flags.ignored(values):
     log.warning("--%s is accepted for compatibility but has no effect here", name)
   try:
-    return _serve(values, log)
+    # TLS first: a config that cannot be served fails before TensorFlow loads.
+    return _serve(values, log, *_tls(values, log))
   except Exception as e:  # noqa: BLE001  (report start-up failures the way TF Serving does)
     from serving.errors import ServingError
     text = str(e) if isinstance(e, ServingError) else f"{type(e).__name__}: {e}"
@@ -62,7 +63,7 @@ def _configure_tensorflow(values: dict) -> None:
     tf.config.optimizer.set_jit(True)
 
 
-def _serve(values: dict, log: logging.Logger) -> int:
+def _serve(values: dict, log: logging.Logger, grpc_credentials: Any, rest_ssl: Any) -> int:
   import functools
   from serving import quiet
   quiet.start_tensorflow()  # first: nothing may import TensorFlow before it
@@ -117,7 +118,8 @@ def _serve(values: dict, log: logging.Logger) -> int:
     grpc_server, port = grpc_service.start(
         core, bind=bind, port=values["port"], socket_path=values["grpc_socket_path"],
         channel_arguments=values["grpc_channel_arguments"],
-        health_service=values["enable_grpc_healthcheck_service"])
+        health_service=values["enable_grpc_healthcheck_service"],
+        credentials=grpc_credentials)
     if port:
       log.info("Running gRPC ModelServer at %s:%d ...", bind, port)
     if values["grpc_socket_path"]:
@@ -129,9 +131,10 @@ def _serve(values: dict, log: logging.Logger) -> int:
                       timeout_ms=values["rest_api_timeout_in_ms"],
                       max_body_bytes=values["rest_api_max_body_bytes"],
                       prometheus_path=prometheus_path,
-                      cors=values["rest_api_enable_cors_support"])
+                      cors=values["rest_api_enable_cors_support"], ssl_context=rest_ssl)
     rest.start()
-    log.info("Exporting HTTP/REST API at:%s:%d ...", bind, rest.port)
+    log.info("Exporting HTTP/REST API at:%s:%d ...%s", bind, rest.port,
+             " (https)" if rest_ssl else "")
   elif prometheus_path:
     log.warning("Prometheus metrics are enabled but --rest_api_port is 0: not exported")
 
@@ -198,6 +201,25 @@ class _ConfigPoller:
     if self.reported != (text, message):
       self.log.log(level, "%s", message)
       self.reported = (text, message)
+
+
+def _tls(values: dict, log: logging.Logger) -> tuple[Any, Any]:
+  """(gRPC server credentials or None, REST ssl context or None) from
+  --ssl_config_file; a config that cannot be served stops start-up
+  (server.cc: BuildServerCredentials), never a silent plaintext server."""
+  from serving import tls
+  if values["use_alts_credentials"]:
+    raise ValueError("--use_alts_credentials: ALTS is not supported by the embedded server")
+  path = values["ssl_config_file"]
+  if not path:
+    if values["rest_api_enable_ssl"]:
+      raise ValueError("--rest_api_enable_ssl needs --ssl_config_file")
+    log.info("Using InsecureServerCredentials")
+    return None, None
+  ssl_config = tls.read_ssl_config(path)
+  log.info("Using SSL credentials")
+  return (tls.grpc_credentials(ssl_config),
+          tls.server_context(ssl_config) if values["rest_api_enable_ssl"] else None)
 
 
 def _read(path: str) -> str | None:

@@ -39,6 +39,9 @@ FLAGS: dict[str, Flag] = {
     "rest_api_num_threads": _f(int, 16, "threads that handle REST requests"),
     "rest_api_timeout_in_ms": _f(int, 30000, "timeout for REST requests"),
     "rest_api_enable_cors_support": _f(bool, False, "answer CORS preflight requests"),
+    "rest_api_enable_ssl": _f(bool, False, "serve REST over https with --ssl_config_file's key "
+                              "pair (embedded server only; TF Serving's REST is plain HTTP)"),
+    "ssl_config_file": _f(str, "", "SSLConfig text proto: serve gRPC over TLS"),
     "rest_api_max_body_bytes": _f(int, 256 << 20,
                                   "largest REST request body accepted (embedded server only)"),
     "bind": _f(str, "127.0.0.1", "address to listen on (embedded server only; "
@@ -84,10 +87,9 @@ FLAGS: dict[str, Flag] = {
     "num_unload_threads": _f(int, 0, "", used=False),
     "flush_filesystem_caches": _f(bool, True, "", used=False),
     "tensorflow_session_config_file": _f(str, "", "", used=False),
-    "ssl_config_file": _f(str, "", "", used=False),
     "platform_config_file": _f(str, "", "", used=False),
     "per_process_gpu_memory_fraction": _f(float, 0.0, "", used=False),
-    "use_alts_credentials": _f(bool, False, "", used=False),
+    "use_alts_credentials": _f(bool, False, "ALTS credentials: not supported here, an error"),
     "remove_unused_fields_from_bundle_metagraph": _f(bool, True, "", used=False),
     "prefer_tflite_model": _f(bool, False, "", used=False),
     "num_tflite_pools": _f(int, 1, "", used=False),

@@ -139,8 +139,11 @@ class Server:
 
 
 def start(core: Core, *, bind: str, port: int, socket_path: str, channel_arguments: str,
-          health_service: bool = True) -> tuple[Server, int | None]:
-  """A started server and its bound TCP port (None when `port` is 0)."""
+          health_service: bool = True, credentials: grpc.ServerCredentials | None = None
+          ) -> tuple[Server, int | None]:
+  """A started server and its bound TCP port (None when `port` is 0).
+  `credentials` (TLS, from --ssl_config_file) apply to the TCP port and the
+  UNIX socket alike, as in server.cc; None serves plaintext."""
   # SO_REUSEPORT off: with gRPC's default a second server on a busy port
   # starts and takes half the connections; without it the bind fails.
   options = {"grpc.max_receive_message_length": INT_MAX,
@@ -153,6 +156,8 @@ def start(core: Core, *, bind: str, port: int, socket_path: str, channel_argumen
   async def build() -> tuple[grpc.aio.Server, int | None]:
     server = grpc.aio.server(options=list(options.items()))
     server.add_generic_rpc_handlers(_services(core))
+    add_port = (server.add_insecure_port if credentials is None
+                else lambda address: server.add_secure_port(address, credentials))
     if health_service:
       checker = health.aio.HealthServicer()
       for service in ("", "tensorflow.serving.PredictionService",
@@ -162,12 +167,12 @@ def start(core: Core, *, bind: str, port: int, socket_path: str, channel_argumen
     bound = None
     if port:
       host = f"[{bind}]" if ":" in bind else bind
-      bound = server.add_insecure_port(f"{host}:{port}")
+      bound = add_port(f"{host}:{port}")
       if not bound:
         raise OSError(f"cannot listen for gRPC on {bind}:{port}: address already in use "
                       "(or not an address of this machine)")
     if socket_path:
-      if not server.add_insecure_port(f"unix:{socket_path}"):
+      if not add_port(f"unix:{socket_path}"):
         raise OSError(f"cannot bind gRPC to UNIX socket {socket_path}")
     await server.start()
     return server, bound
