@@ -37,6 +37,7 @@ def server(repository) -> Iterator[helpers.ServerProcess | None]:
   proc = helpers.ServerProcess([
       f"--port={helpers.free_port()}", f"--rest_api_port={helpers.free_port()}",
       f"--model_config_file={repository / 'models.config'}",
+      "--allow_version_labels_for_unavailable_models",  # as conftest.py's server
       "--file_system_poll_wait_seconds=0", f"--rest_api_timeout_in_ms={TIMEOUT_MS}",
       f"--rest_api_max_body_bytes={20 << 20}"])
   yield proc

@@ -47,6 +47,7 @@ def _start(repository: Path, config: Path, *extra: str) -> helpers.ServerProcess
   return helpers.ServerProcess([
       f"--port={helpers.free_port()}", f"--rest_api_port={helpers.free_port()}",
       f"--model_config_file={repository / 'models.config'}",
+      "--allow_version_labels_for_unavailable_models",  # as conftest.py's server
       "--file_system_poll_wait_seconds=0", f"--ssl_config_file={config}", *extra])
 
 
