@@ -2,13 +2,16 @@
 
 A command line written for TF Serving must work unchanged, so the names,
 defaults and meanings are TF Serving's (model_servers/main.cc); flags that
-configure machinery we do not have (TPUs, TFLite, SSL, ...) are accepted and
-reported as ignored rather than rejected.  `--flag=value` and `--flag value`
+configure machinery we do not have (TPUs, TFLite, ...) are accepted and
+reported as ignored rather than rejected (security flags are not: an
+--ssl_config_file that cannot be served, or --use_alts_credentials, stops
+start-up rather than serve plaintext).  `--flag=value` and `--flag value`
 both work; booleans also take the bare `--flag` / `--noflag` forms.  Unknown
 flags and stray arguments are reported and skipped, as TF's
 Flags::Parse leaves them for tensorflow_model_server (main.cc), which starts
-anyway; a bad value for a known flag stops start-up, as there.  The one addition is
-`--bind` (TF Serving always binds 0.0.0.0; we bind loopback unless told).
+anyway; a bad value for a known flag stops start-up, as there.  The additions
+are `--bind` (TF Serving always binds 0.0.0.0; we bind loopback unless
+told), `--rest_api_max_body_bytes` and `--rest_api_enable_ssl`.
 """
 
 from __future__ import annotations
