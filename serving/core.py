@@ -286,6 +286,9 @@ class Core:
     except ServingError as e:
       status = e.code_name
       raise
+    except asyncio.CancelledError:          # the client went away
+      status = "CANCELLED"
+      raise
     except Exception:
       status = "INTERNAL"
       raise

@@ -90,7 +90,7 @@ def to_numpy(proto: tensor_pb2.TensorProto, name: str = "") -> np.ndarray:
     return np.frombuffer(proto.tensor_content, dtype).reshape(shape)
   try:
     return tf.make_ndarray(proto)
-  except (TypeError, ValueError):
+  except (TypeError, ValueError, OverflowError):
     raise error from None
 
 

@@ -30,7 +30,9 @@ def test_tensor_protos_tf_would_not_parse_are_invalid_argument():
   for size in (2**40, 224, 224, 3):
     huge.tensor_shape.dim.add(size=size)
   cases = [tensor_pb2.TensorProto(dtype=999), tensor_pb2.TensorProto(dtype=0), huge,
-           tensor_pb2.TensorProto(dtype=FLOAT, tensor_content=b"abc")]
+           tensor_pb2.TensorProto(dtype=FLOAT, tensor_content=b"abc"),
+           tensor_pb2.TensorProto(dtype=types_pb2.DT_INT8, int_val=[1000]),
+           tensor_pb2.TensorProto(dtype=types_pb2.DT_RESOURCE)]
   cases[3].tensor_shape.dim.add(size=1)
   for proto in cases:
     with pytest.raises(ServingError, match="tensor parsing error: x") as info:
