@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from tensorflow.core.framework import types_pb2
 
+from clients import prometheus
 from serving import tensors
 from serving.errors import ServingError
 from serving.metrics import Metrics
@@ -64,7 +65,7 @@ def test_prometheus_text_follows_tf_serving():
   assert ':tensorflow:cc:saved_model:load_latency{model_path="/models/m/1"} 1500000' in text
   assert 'load_latency{model_path="/models/m/2"}' not in text
   # What the rollout tool's `compare` reads from a scrape: every call on a version.
-  arms = compare(text, "m")
+  arms = compare(prometheus.parse(text), "m")
   assert {v: (a["requests"], a["errors"]) for v, a in arms.items()} == {
       "1": (1, 0), "2": (1, 1)}
   assert arms["1"]["p50_latency_ms"] >= 0.1 and arms["2"]["p99_latency_ms"] >= 0.3
