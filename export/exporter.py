@@ -174,7 +174,7 @@ class _Export:
   kind: str
   checkpoint: _Checkpoint
   names: list[str] | None  # class names (classifiers only)
-  labels_from: str | None  # the labels file, "argument" or "default"
+  labels_from: str         # the labels file, "argument" or "default"
   batch_sizes: list[int]   # serving_default batch sizes of the warmup file
 
   @property
