@@ -63,13 +63,16 @@ def _resolve(args: argparse.Namespace) -> int:
           "cache_path": str(download.cache_path(r.source))
           if download.is_remote(r.source) else None,
           "model": r.augreg_name.model if r.augreg_name else None,
-          "image_size": r.image_size, "label_set": r.label_set, "config": r.config,
+          "image_size": r.image_size, "label_set": r.label_set, "sha256": r.sha256,
+          "config": r.config,
           "augreg": r.augreg_name.as_dict() if r.augreg_name else None}
   if args.json:
     print(json.dumps(info, indent=2))
   else:
     for key in ("source", "url", "cache_path", "model", "image_size", "label_set"):
       print(f"{key:10s}  {'' if info[key] is None else info[key]}")
+    if download.is_remote(r.source):
+      print(f"{'sha256':10s}  {r.sha256 or 'unknown (recorded at download, checked on cache hits)'}")
     if r.augreg_name:
       print(f"{'recipe':10s}  {r.augreg_name.as_dict()['pretraining']}")
       print(f"{'finetune':10s}  {r.augreg_name.as_dict()['finetuning']}")

@@ -153,6 +153,7 @@ def test_cli_list_and_resolve(capsys):
   assert info["model"] == "S/16" and info["image_size"] == 224
   assert info["url"].startswith("https://storage.googleapis.com/vit_models/augreg/S_16-")
   assert info["augreg"]["pretraining"]["aug"] == "light1"
+  assert "sha256" in info and info["sha256"] == zoo.SEED_MODELS["S/16"].sha256
 
 
 def test_cli_select_from_local_index(tmp_path, capsys):
