@@ -1,0 +1,81 @@
+"""Both ends of TLS together: the embedded server serving --ssl_config_file
+(TF Serving's SSLConfig: PEM texts, client_verify = mutual TLS; REST https with
+--rest_api_enable_ssl) and the clients and CLI with a test CA, on 127.0.0.1."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from clients import ClientError, GrpcClient, RestClient, RetryPolicy, Tls
+from tests.clients.pki import write_pki
+from tests.serving.helpers import ROOT, ServerProcess, free_port, write_tf2_model
+
+FAST = RetryPolicy(attempts=2, initial_backoff=0.01, jitter=0.0)
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory):
+  return write_pki(tmp_path_factory.mktemp("pki"))
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory, pki):
+  root = tmp_path_factory.mktemp("tls")
+  write_tf2_model(root / "tiny" / "1")
+  config = root / "ssl.config"
+  config.write_text(f"server_key: {json.dumps(pki.server_key.read_text())}\n"
+                    f"server_cert: {json.dumps(pki.server_cert.read_text())}\n"
+                    f"custom_ca: {json.dumps(pki.ca.read_text())}\n"
+                    "client_verify: true\n")
+  process = ServerProcess([f"--port={free_port()}", f"--rest_api_port={free_port()}",
+                           "--model_name=tiny", f"--model_base_path={root / 'tiny'}",
+                           f"--ssl_config_file={config}", "--rest_api_enable_ssl"])
+  yield process
+  process.stop()
+
+
+@pytest.fixture(scope="module")
+def image(tmp_path_factory):
+  path = tmp_path_factory.mktemp("img") / "one.png"
+  Image.fromarray(np.random.default_rng(1).integers(0, 256, (12, 9, 3), np.uint8)).save(path)
+  return path
+
+
+def test_mutual_tls_on_both_transports(server, pki, image):
+  mutual = Tls(pki.ca, pki.client_cert, pki.client_key)
+  with GrpcClient(server.grpc_address, tls=mutual, retry=FAST) as g, \
+      RestClient(f"https://{server.rest_address}", tls=mutual, retry=FAST) as r:
+    via_grpc = g.predict_encoded("tiny", [image])
+    via_rest = r.predict_encoded("tiny", [image], version=1)
+    assert g.is_server_live() and r.is_model_ready("tiny", version=1)
+  assert via_grpc.model_version == 1
+  np.testing.assert_allclose(via_rest["logits"], via_grpc["logits"], atol=1e-6)
+
+
+def test_without_the_right_credentials_the_call_fails_at_once(server, pki):
+  no_client_cert = Tls(pki.ca)
+  for client in (GrpcClient(server.grpc_address, tls=no_client_cert, retry=FAST, timeout=10),
+                 RestClient(f"https://{server.rest_address}", retry=FAST, timeout=10),
+                 RestClient(server.rest_address, retry=FAST, timeout=10)):  # plain http
+    with client, pytest.raises(ClientError) as error:
+      client.status("tiny")
+    assert error.value.code == "UNAVAILABLE", client.url
+
+
+@pytest.mark.parametrize("rest", [False, True])
+def test_cli_tls_flags(server, pki, image, rest):
+  address = f"https://{server.rest_address}" if rest else server.grpc_address
+  done = subprocess.run(
+      [sys.executable, "-m", "clients", "predict", "--server", address,
+       *(["--rest", "--version", "1"] if rest else []), "--model", "tiny", "--top-k", "1",
+       "--ca-cert", str(pki.ca), "--client-cert", str(pki.client_cert),
+       "--client-key", str(pki.client_key), str(image)],
+      cwd=ROOT, text=True, capture_output=True, timeout=120)
+  assert done.returncode == 0, done.stderr
+  assert "tiny version 1 via " + ("https://" if rest else "grpc://") in done.stdout
