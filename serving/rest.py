@@ -25,6 +25,7 @@ import functools
 import logging
 import re
 import ssl
+import sys
 import threading
 import time
 import urllib.parse
@@ -95,7 +96,10 @@ class RestServer:
     # closes them after its own fixed timeout); with no timeout, aiohttp's
     # default applies.
     idle = {"keepalive_timeout": self.timeout_s} if self.timeout_s else {}
-    server = web.Server(self._handle, access_log=None, **idle)
+    # lingering_time=0: a body left unread (refused, or undecodable) closes the
+    # connection instead of being drained.
+    server = web.Server(self._handle, access_log=None, lingering_time=0,
+                        logger=_ClientFaultLog(log, {}), **idle)
     self._runner = web.ServerRunner(server, handle_signals=False)
     await self._runner.setup()
     site = web.TCPSite(self._runner, self._bind, self.port, backlog=BACKLOG,
@@ -172,8 +176,9 @@ class RestServer:
               f"Request body exceeds the limit of {self.max_body_bytes} bytes "
               "(--rest_api_max_body_bytes)"))
         chunks.append(chunk)
-    except (web.RequestPayloadError, HttpProcessingError) as e:  # bad chunks or gzip data
-      raise _BodyError(400, invalid_argument(f"Cannot read the request body: {e}")) from None
+    except _CLIENT_FAULTS as e:  # bad chunks or gzip data
+      raise _BodyError(400, invalid_argument(
+          f"Cannot read the request body: {_fault_text(e)}")) from None
     return b"".join(chunks)
 
   def _preflight(self, request: web.BaseRequest) -> bytes:
@@ -276,6 +281,28 @@ class RestServer:
     if self.cors:
       response.headers.update(_CORS_HEADERS)
     return response
+
+
+_CLIENT_FAULTS = (HttpProcessingError, web.RequestPayloadError)
+
+
+def _fault_text(error: BaseException) -> str:
+  """aiohttp's multi-line message of a client fault, on one line."""
+  cause = error.__cause__ if isinstance(error.__cause__, HttpProcessingError) else error
+  return _cut(" ".join(str(getattr(cause, "message", cause)).split()), 300)
+
+
+class _ClientFaultLog(logging.LoggerAdapter):
+  """aiohttp logs every malformed HTTP request with a traceback; that is the
+  client's fault, so one line, like the other bad requests.  Anything else
+  keeps its traceback."""
+
+  def exception(self, msg: object, *args: object, exc_info: Any = True, **kwargs: Any) -> None:
+    error = exc_info if isinstance(exc_info, BaseException) else sys.exc_info()[1]
+    if isinstance(error, _CLIENT_FAULTS):
+      self.logger.info(f"REST {msg}: %s", *args, _fault_text(error))
+    else:
+      self.logger.error(msg, *args, exc_info=exc_info, **kwargs)
 
 
 @dataclasses.dataclass

@@ -179,6 +179,26 @@ def test_gzip_body_is_bounded_after_decompression(address):
   assert "exceeds the limit" in json.loads(replies[0][1])["error"]
 
 
+FRAMING_ERRORS = {
+    "content-length and chunked": _request("POST", PREDICT, b"0\r\n\r\n", headers={
+        "Content-Length": 5, "Transfer-Encoding": "chunked"}),
+    "bad chunk size": _request("POST", PREDICT, b"zz\r\nabc\r\n0\r\n\r\n",
+                               headers={"Transfer-Encoding": "chunked"}),
+    "not gzip data": _request("POST", PREDICT, b"hello", headers={
+        "Content-Encoding": "gzip", "Content-Length": 5}),
+}
+
+
+@pytest.mark.parametrize("case", sorted(FRAMING_ERRORS))
+def test_bad_framing_is_one_400_and_no_traceback(server, address, case):
+  logged = len(server.lines) if server else 0
+  replies = _responses(_exchange(address, FRAMING_ERRORS[case]))
+  assert [s for s, _ in replies] == [400], replies
+  if server is not None:
+    time.sleep(0.3)
+    assert not any("Traceback" in line for line in server.lines[logged:]), server.lines[logged:]
+
+
 # ------------------------------------------------------------- bad input
 
 _DEEP = b'{"instances":' + b"[" * 10000 + b"]" * 10000 + b"}"
