@@ -39,7 +39,8 @@ FLAGS: dict[str, Flag] = {
     "port": _f(int, 8500, "TCP port for gRPC (0: no gRPC TCP listener)"),
     "grpc_socket_path": _f(str, "", "also serve gRPC on this UNIX domain socket"),
     "rest_api_port": _f(int, 0, "port for HTTP/REST (0: no REST server)"),
-    "rest_api_num_threads": _f(int, 16, "threads that handle REST requests"),
+    "rest_api_num_threads": _f(int, 16, "threads that read and write REST JSON (connections "
+                               "wait on one event loop)"),
     "rest_api_timeout_in_ms": _f(int, 30000, "timeout for REST requests"),
     "rest_api_enable_cors_support": _f(bool, False, "answer CORS preflight requests"),
     "rest_api_enable_ssl": _f(bool, False, "serve REST over https with --ssl_config_file's key "
