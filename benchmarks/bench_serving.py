@@ -70,7 +70,8 @@ ROUND_SECONDS = 4.0
 DIGITS_ROUNDS = 3
 
 
-def _export_random(name: str, cfg: dict, size: int, warmup_batch_sizes: tuple[int, ...]) -> Path:
+def _export_random(name: str, cfg: export.ModelConfig, size: int,
+                   warmup_batch_sizes: tuple[int, ...]) -> Path:
   """<cache>/<name> holding version 1 of `cfg` with seeded random weights."""
   base = CACHE / name
   if (base / "1" / "saved_model.pb").exists():
@@ -96,13 +97,13 @@ def _export_random(name: str, cfg: dict, size: int, warmup_batch_sizes: tuple[in
 
 def export_b16() -> Path:
   import export
-  return _export_random(NAME, dict(export.get_config("B/16")) | {"num_classes": 1000}, 224,
+  return _export_random(NAME, export.get_config("B/16") | {"num_classes": 1000}, 224,
                         (1, BATCH))
 
 
 def export_digits() -> Path:
   from export.digits import CONFIG
-  return _export_random(DIGITS, dict(CONFIG), DIGITS_SIZE, DIGITS_BATCH_SIZES)
+  return _export_random(DIGITS, CONFIG, DIGITS_SIZE, DIGITS_BATCH_SIZES)
 
 
 def _start(name: str, base: Path, extra: list[str], tmp: Path):

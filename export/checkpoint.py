@@ -21,7 +21,7 @@ import numpy as np
 import scipy.ndimage
 
 from export import download, zoo
-from export.configs import Config, normalize
+from export.configs import ModelConfig
 from export.models import build_model
 
 Params = dict[str, Any]
@@ -109,25 +109,14 @@ def interpolate_posembed(posemb: np.ndarray, num_tokens: int, has_class_token: b
   return np.concatenate([tok, grid.reshape(1, gs_new * gs_new, -1)], axis=1)
 
 
-def total_stride(cfg: Config) -> int:
-  """Pixels per token side: patch size times the ResNet stem/stages stride."""
-  cfg = normalize(cfg)
-  stride = cfg["patches"]["size"][0]
-  if cfg["resnet"] is not None:
-    stages = len(cfg["resnet"]["num_layers"])
-    stride *= 4 * 2 ** max(stages - 1, 0)
-  return stride
-
-
-def native_image_size(flat: Mapping[str, np.ndarray], cfg: Config) -> int:
+def native_image_size(flat: Mapping[str, np.ndarray], cfg: ModelConfig) -> int:
   """The image size a checkpoint was trained at, from its position embedding."""
-  cfg = normalize(cfg)
   tokens = flat["Transformer/posembed_input/pos_embedding"].shape[1]
-  grid = tokens - (1 if cfg["classifier"] == "token" else 0)
-  return int(round(np.sqrt(grid))) * total_stride(cfg)
+  grid = tokens - (1 if cfg.classifier == "token" else 0)
+  return int(round(np.sqrt(grid))) * cfg.total_stride
 
 
-def expected_shapes(cfg: Config, image_size: int, *, features_only: bool = False
+def expected_shapes(cfg: ModelConfig, image_size: int, *, features_only: bool = False
                     ) -> dict[str, tuple[int, ...]]:
   """Flat key -> shape of the model's parameters (via `jax.eval_shape`)."""
   model = build_model(cfg, features_only=features_only)
@@ -141,7 +130,7 @@ def _is_groupnorm(key: str) -> bool:
   return len(parts) > 1 and parts[-2].startswith("gn")
 
 
-def load_checkpoint(src: str | os.PathLike, cfg: Config, image_size: int | None = None,
+def load_checkpoint(src: str | os.PathLike, cfg: ModelConfig, image_size: int | None = None,
                     *, features_only: bool = False) -> Params:
   """Parameters for `build_model(cfg)` from a checkpoint.
 
@@ -158,13 +147,12 @@ def load_checkpoint(src: str | os.PathLike, cfg: Config, image_size: int | None 
     CheckpointError: unreadable file, or keys/shapes that do not fit `cfg`
       (every missing, unexpected and mis-shaped key is named).
   """
-  cfg = normalize(cfg)
   flat = read_npz(download.fetch(zoo.resolve(os.fspath(src)).source))
   flat = flatten(_renumber(unflatten(flat)))
   if features_only:
     flat = {k: v for k, v in flat.items() if not k.startswith("head/")}
-  elif cfg.get("num_classes") is None and "head/bias" in flat:
-    cfg["num_classes"] = int(flat["head/bias"].shape[-1])
+  elif cfg.num_classes is None and "head/bias" in flat:
+    cfg = cfg | {"num_classes": int(flat["head/bias"].shape[-1])}
   if "Transformer/posembed_input/pos_embedding" not in flat:
     raise CheckpointError(f"{src}: no Transformer/posembed_input/pos_embedding; "
                           f"is this a ViT checkpoint? keys: {sorted(flat)[:8]} ...")
@@ -180,14 +168,14 @@ def load_checkpoint(src: str | os.PathLike, cfg: Config, image_size: int | None 
       flat[key] = value.reshape(shape)  # GroupNorm arrays are stored as (1,1,1,C)
     elif key == "Transformer/posembed_input/pos_embedding" and value.shape != shape \
         and value.shape[2] == shape[2]:
-      flat[key] = interpolate_posembed(value, shape[1], cfg["classifier"] == "token")
+      flat[key] = interpolate_posembed(value, shape[1], cfg.classifier == "token")
 
   missing = sorted(set(expected) - set(flat))
   unexpected = sorted(set(flat) - set(expected))
   misshaped = sorted(k for k in set(expected) & set(flat) if flat[k].shape != expected[k])
   if missing or unexpected or misshaped:
     lines = [f"checkpoint {src} does not fit the config "
-             f"({cfg.get('model_name', 'custom')}, image size {image_size}):"]
+             f"({cfg.model_name or 'custom'}, image size {image_size}):"]
     lines += [f"  missing: {k} {expected[k]}" for k in missing]
     lines += [f"  unexpected: {k} {flat[k].shape}" for k in unexpected]
     lines += [f"  mis-shaped: {k}: checkpoint {flat[k].shape}, model {expected[k]}"

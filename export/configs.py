@@ -1,8 +1,11 @@
-"""Model configurations with the original `ml_collections` field names.
+"""Model configurations: typed and frozen, with the original field names.
 
-A config is a plain nested dict, shaped exactly like the original
-`vit_jax/configs/models.py` ConfigDicts, so a JSON file written from one of
-those (or by hand) is accepted as it is:
+A config is read once, at the edge (`get_config`: a registered name, a JSON
+file or a dict), into a `ModelConfig`; everything downstream (`build_model`,
+`total_stride`, `native_image_size`, `load_checkpoint`, the exporter, the
+digits trainer) takes that object and never re-normalizes. Field names are
+exactly the original `vit_jax/configs/models.py` ConfigDict's, so a JSON file
+written from one of those (or by hand) loads as it is:
 
     {"hidden_size": 768, "patches": {"size": [16, 16]},
      "transformer": {"mlp_dim": 3072, "num_heads": 12, "num_layers": 12},
@@ -10,19 +13,132 @@ those (or by hand) is accepted as it is:
      "num_classes": 1000}
 
 `num_classes` may be left out: it is then read from the checkpoint's head.
+The objects also read like those dicts (`cfg["transformer"]["num_layers"]`,
+`cfg.get("num_classes")`), `cfg | {"num_classes": 10}` is a validated copy
+with fields replaced, and `to_dict()` gives the JSON shape back.
 """
 
 from __future__ import annotations
 
-import copy
+import collections.abc
+import dataclasses
 import json
 import os
-from typing import Any
-
-Config = dict[str, Any]
+from typing import Any, ClassVar, Iterator, Mapping
 
 
-def _vit(hidden: int, mlp: int, heads: int, layers: int, patch: int) -> Config:
+class _Fields(collections.abc.Mapping):
+  """A frozen dataclass that reads like the original ConfigDict: mapping
+  access to its fields, `|` for a validated copy, `to_dict` for JSON."""
+
+  _WHERE: ClassVar[str] = ""   # the field path prefix, for error messages
+
+  def __getitem__(self, key: str) -> Any:
+    if key not in self._names():
+      raise KeyError(key)
+    return getattr(self, key)
+
+  def __iter__(self) -> Iterator[str]:
+    return iter(self._names())
+
+  def __len__(self) -> int:
+    return len(self._names())
+
+  def __or__(self, changes: Mapping[str, Any]) -> Any:
+    return type(self).from_dict({**self.to_dict(), **changes})
+
+  @classmethod
+  def _names(cls) -> tuple[str, ...]:
+    return tuple(f.name for f in dataclasses.fields(cls))
+
+  def to_dict(self) -> dict[str, Any]:
+    """The JSON shape (nested dicts and lists), as the original ConfigDicts."""
+    return json.loads(json.dumps(dataclasses.asdict(self)))
+
+  @classmethod
+  def from_dict(cls, data: Mapping[str, Any]) -> Any:
+    """From the original field names (JSON lists or ml_collections tuples).
+    Unknown fields are an error, so a misspelt one is not silently ignored."""
+    unknown = sorted(set(data) - set(cls._names()))
+    missing = [f.name for f in dataclasses.fields(cls)
+               if f.default is dataclasses.MISSING and f.name not in data]
+    if unknown or missing:
+      raise ValueError("config " + "; ".join(
+          f"{what} field(s): {', '.join(cls._WHERE + k for k in keys)}"
+          for what, keys in (("is missing required", missing), ("has unknown", unknown))
+          if keys))
+    return cls(**cls._convert(dict(data)))
+
+  @classmethod
+  def _convert(cls, data: dict[str, Any]) -> dict[str, Any]:
+    """The fields' values in their typed form (nested objects, tuples)."""
+    return data
+
+
+@dataclasses.dataclass(frozen=True)
+class Patches(_Fields):
+  _WHERE: ClassVar[str] = "patches."
+  size: tuple[int, int]
+
+  @classmethod
+  def _convert(cls, data: dict[str, Any]) -> dict[str, Any]:
+    return {"size": tuple(int(n) for n in data["size"])}
+
+
+@dataclasses.dataclass(frozen=True)
+class Transformer(_Fields):
+  _WHERE: ClassVar[str] = "transformer."
+  mlp_dim: int
+  num_heads: int
+  num_layers: int
+  attention_dropout_rate: float = 0.0
+  dropout_rate: float = 0.0
+
+
+@dataclasses.dataclass(frozen=True)
+class ResNet(_Fields):
+  _WHERE: ClassVar[str] = "resnet."
+  num_layers: tuple[int, ...]
+  width_factor: int = 1
+
+  @classmethod
+  def _convert(cls, data: dict[str, Any]) -> dict[str, Any]:
+    return {**data, "num_layers": tuple(int(n) for n in data["num_layers"])}
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig(_Fields):
+  """A ViT or ResNet+ViT hybrid, as the original `vit_jax` configs describe it."""
+  hidden_size: int
+  patches: Patches
+  transformer: Transformer
+  resnet: ResNet | None = None
+  classifier: str = "token"
+  representation_size: int | None = None
+  num_classes: int | None = None
+  model_name: str | None = None
+
+  def __post_init__(self) -> None:
+    if self.classifier not in ("token", "gap"):
+      raise ValueError(f"classifier must be 'token' or 'gap', got {self.classifier!r}")
+
+  @classmethod
+  def _convert(cls, data: dict[str, Any]) -> dict[str, Any]:
+    resnet = data.get("resnet")
+    return {**data, "patches": Patches.from_dict(data["patches"]),
+            "transformer": Transformer.from_dict(data["transformer"]),
+            "resnet": None if resnet is None else ResNet.from_dict(resnet)}
+
+  @property
+  def total_stride(self) -> int:
+    """Pixels per token side: patch size times the ResNet stem/stages stride."""
+    stride = self.patches.size[0]
+    if self.resnet is not None:
+      stride *= 4 * 2 ** max(len(self.resnet.num_layers) - 1, 0)
+    return stride
+
+
+def _vit(hidden: int, mlp: int, heads: int, layers: int, patch: int) -> dict[str, Any]:
   return {
       "patches": {"size": (patch, patch)},
       "hidden_size": hidden,
@@ -39,11 +155,10 @@ def _vit(hidden: int, mlp: int, heads: int, layers: int, patch: int) -> Config:
   }
 
 
-def _hybrid(base: Config, num_layers: tuple[int, ...], patch: int) -> Config:
-  cfg = copy.deepcopy(base)
-  cfg["patches"] = {"size": (patch, patch)}
-  cfg["resnet"] = {"num_layers": num_layers, "width_factor": 1}
-  return cfg
+def _hybrid(base: dict[str, Any], num_layers: tuple[int, ...], patch: int
+            ) -> dict[str, Any]:
+  return {**base, "patches": {"size": (patch, patch)},
+          "resnet": {"num_layers": num_layers, "width_factor": 1}}
 
 
 _TI = (192, 768, 3, 12)
@@ -54,7 +169,7 @@ _H = (1280, 5120, 16, 32)
 
 # Keys are the short names used throughout the bundle; `model_name` is the
 # original's (file names in gs://vit_models/ use it).
-MODELS: dict[str, Config] = {
+_SPECS: dict[str, dict[str, Any]] = {
     "Ti/16": _vit(*_TI, 16),
     "S/32": _vit(*_S, 32),
     "S/16": _vit(*_S, 16),
@@ -74,53 +189,28 @@ MODELS: dict[str, Config] = {
     "R50+B/16": _hybrid(_vit(*_B, 16), (3, 4, 9), 1),
     "R50+L/32": _hybrid(_vit(*_L, 32), (3, 4, 6, 3), 1),
 }
-for _name, _cfg in MODELS.items():
-  _cfg["model_name"] = ("ViT-" + _name if "+" not in _name else
-                        _name.replace("+", "+ViT-")).replace("/", "_")
+MODELS: dict[str, ModelConfig] = {
+    name: ModelConfig.from_dict({**spec, "model_name": (
+        "ViT-" + name if "+" not in name else name.replace("+", "+ViT-")).replace("/", "_")})
+    for name, spec in _SPECS.items()}
 
 
-def normalize(cfg: Config) -> Config:
-  """Returns a deep copy with defaults filled in and sequences as tuples.
-
-  Accepts what JSON gives (lists) and what ml_collections gives (tuples).
-  """
-  cfg = copy.deepcopy(dict(cfg))
-  missing = [k for k in ("hidden_size", "patches", "transformer") if k not in cfg]
-  if missing:
-    raise ValueError(f"config is missing required field(s): {', '.join(missing)}")
-  cfg["patches"] = {"size": tuple(cfg["patches"]["size"])}
-  tr = dict(cfg["transformer"])
-  for k in ("mlp_dim", "num_heads", "num_layers"):
-    if k not in tr:
-      raise ValueError(f"config is missing required field transformer.{k}")
-  tr.setdefault("attention_dropout_rate", 0.0)
-  tr.setdefault("dropout_rate", 0.0)
-  cfg["transformer"] = tr
-  if cfg.get("resnet") is not None:
-    cfg["resnet"] = {"num_layers": tuple(cfg["resnet"]["num_layers"]),
-                     "width_factor": cfg["resnet"].get("width_factor", 1)}
-  else:
-    cfg["resnet"] = None
-  cfg.setdefault("classifier", "token")
-  if cfg["classifier"] not in ("token", "gap"):
-    raise ValueError(f"classifier must be 'token' or 'gap', got {cfg['classifier']!r}")
-  cfg.setdefault("representation_size", None)
-  return cfg
-
-
-def get_config(spec: str | os.PathLike | Config) -> Config:
-  """A config from a registered name (`B/16`, `R50+L/32`, also `ViT-B_16`,
-  `R50+ViT-L_32`, `B_16`, `R50_L_32`), a JSON file path, or a dict."""
-  if isinstance(spec, dict):
-    return normalize(spec)
+def get_config(spec: str | os.PathLike | Mapping[str, Any]) -> ModelConfig:
+  """The config from a registered name (`B/16`, `R50+L/32`, also `ViT-B_16`,
+  `R50+ViT-L_32`, `B_16`, `R50_L_32`), a JSON file path, or a mapping with the
+  original field names (a ModelConfig is returned as it is)."""
+  if isinstance(spec, ModelConfig):
+    return spec
+  if isinstance(spec, Mapping):
+    return ModelConfig.from_dict(spec)
   spec = os.fspath(spec)
   if spec.endswith(".json") or os.path.isfile(spec):
     with open(spec) as f:
-      return normalize(json.load(f))
+      return ModelConfig.from_dict(json.load(f))
   name = canonical_name(spec)
   if name is None:
     raise KeyError(f"unknown model {spec!r}; known: {', '.join(MODELS)}")
-  return normalize(MODELS[name])
+  return MODELS[name]
 
 
 def canonical_name(name: str) -> str | None:
@@ -131,7 +221,7 @@ def canonical_name(name: str) -> str | None:
   n = name.replace("ViT-", "")
   for key, cfg in MODELS.items():
     aliases = {key.replace("/", "_"), key.replace("/", "_").replace("+", "_"),
-               cfg["model_name"]}
+               cfg.model_name}
     if n in aliases or name in aliases:
       return key
   return None

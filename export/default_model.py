@@ -133,7 +133,7 @@ def default_cache_dir() -> Path:
 def cache_key(recipe: digits.Recipe) -> str:
   """sha256 over everything that decides a run's checkpoint bytes."""
   digest = hashlib.sha256()
-  spec = {"config": digits.CONFIG, "recipe": dataclasses.asdict(recipe),
+  spec = {"config": digits.CONFIG.to_dict(), "recipe": dataclasses.asdict(recipe),
           "image_size": digits.IMAGE_SIZE, "labels": digits.LABELS,
           "split": [digits.SPLIT_SEED, digits.TEST_FRACTION],
           "libraries": {lib: importlib.metadata.version(lib) for lib in _KEYED_LIBRARIES}}
@@ -163,10 +163,10 @@ def trained_run(run: str, cache_dir: str | os.PathLike | None = None, *,
   tmp = Path(tempfile.mkdtemp(prefix=f".{run}-", dir=cache_dir))
   try:
     save_checkpoint(result.params, tmp / "checkpoint.npz")
-    (tmp / "config.json").write_text(json.dumps(digits.CONFIG, indent=2) + "\n")
+    (tmp / "config.json").write_text(json.dumps(digits.CONFIG.to_dict(), indent=2) + "\n")
     info = {
         "run": run, "cache_key": key, "recipe": dataclasses.asdict(recipe),
-        "config": digits.CONFIG, "labels": digits.LABELS,
+        "config": digits.CONFIG.to_dict(), "labels": digits.LABELS,
         "data": {"dataset": "sklearn.datasets.load_digits",
                  "image_size": digits.IMAGE_SIZE, "split_seed": digits.SPLIT_SEED,
                  "test_fraction": digits.TEST_FRACTION,

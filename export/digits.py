@@ -31,7 +31,7 @@ import numpy as np
 import optax
 from PIL import Image
 
-from export.configs import Config, normalize
+from export.configs import ModelConfig
 from export.models import build_model
 
 IMAGE_SIZE = 32
@@ -42,7 +42,7 @@ TEST_FRACTION = 0.2
 
 # A small ViT with the original field names: 8x8 patches on 32x32 images give
 # a 4x4 grid (17 tokens with the class token); ~70k parameters.
-CONFIG: Config = {
+CONFIG = ModelConfig.from_dict({
     "model_name": "ViT-digits",
     "hidden_size": 64,
     "patches": {"size": [8, 8]},
@@ -52,7 +52,7 @@ CONFIG: Config = {
     "classifier": "token",
     "representation_size": None,
     "num_classes": NUM_CLASSES,
-}
+})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -182,7 +182,7 @@ def train(recipe: Recipe, data: tuple[Split, Split] | None = None, *,
   """Trains `CONFIG` from scratch with AdamW and a warmup-cosine schedule."""
   started = time.perf_counter()
   train_split, test_split = data or load()
-  model = build_model(normalize(CONFIG))
+  model = build_model(CONFIG)
   size = train_split.images.shape[1]
   params = model.init(jax.random.PRNGKey(recipe.seed),
                       jnp.zeros((1, size, size, 3), jnp.float32))["params"]

@@ -48,7 +48,7 @@ import tensorflow as tf
 from clients import contract
 from export import download, labels as labels_lib, remote, repository, signatures, warmup, zoo
 from export.checkpoint import flatten, load_checkpoint, native_image_size
-from export.configs import get_config
+from export.configs import ModelConfig, get_config
 from export.models import build_model
 
 log = logging.getLogger("export")
@@ -161,7 +161,7 @@ class _Checkpoint:
   source: str          # what it resolved to (path or URL)
   local: Path          # the file read (the cache path for a URL)
   sha256: str
-  cfg: dict[str, Any]  # the model config, num_classes from the head
+  cfg: ModelConfig  # num_classes from the head
   image_size: int      # the serving resolution
   params: Any
   label_set: str | None
@@ -187,7 +187,7 @@ class _Export:
     retry of the same export finds the version an earlier run published."""
     what = {"name": self.name,  # the warmup requests name the model
             "checkpoint_sha256": self.checkpoint.sha256, "kind": self.kind,
-            "image_size": self.checkpoint.image_size, "config": self.checkpoint.cfg,
+            "image_size": self.checkpoint.image_size, "config": self.checkpoint.cfg.to_dict(),
             "labels": self.names, "warmup_batch_sizes": self.batch_sizes}
     return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()
 
@@ -303,7 +303,7 @@ def _load(checkpoint: str, config: dict | str | None, image_size: int | None,
           f"{checkpoint} has no classification head (no head/kernel and head/bias "
           f"arrays), which a classifier export needs: export it as a feature extractor "
           f"with --kind features (and fine-tune a head with python -m export.finetune)")
-    cfg["num_classes"] = int(params["head"]["bias"].shape[-1])
+    cfg = cfg | {"num_classes": int(params["head"]["bias"].shape[-1])}
   return _Checkpoint(argument=checkpoint, source=resolved.source, local=local,
                      sha256=digest, cfg=cfg,
                      image_size=image_size or native_image_size(flatten(params), cfg),
@@ -315,7 +315,7 @@ def _class_names(ckpt: _Checkpoint, kind: str,
   """The classifier's class names: given, or the default for its label set."""
   if kind != "classifier":
     return None
-  num_classes = ckpt.cfg["num_classes"]
+  num_classes = ckpt.cfg.num_classes
   return read_labels(labels if labels is not None else
                      labels_lib.default_labels(num_classes, ckpt.label_set), num_classes)
 
@@ -411,10 +411,10 @@ def _manifest(job: _Export, version: int, records: int, check: dict[str, Any],
   ckpt, size = job.checkpoint, job.checkpoint.image_size
   return {
       "name": job.name, "version": version, "kind": job.kind, "image_size": size,
-      "config": ckpt.cfg,
+      "config": ckpt.cfg.to_dict(),
       "checkpoint": {"argument": ckpt.argument, "source": ckpt.source,
                      "sha256": ckpt.sha256, "bytes": os.path.getsize(ckpt.local)},
-      "num_classes": ckpt.cfg.get("num_classes") if job.kind == "classifier" else None,
+      "num_classes": ckpt.cfg.num_classes if job.kind == "classifier" else None,
       "labels": {"count": len(job.names), "file": "assets/labels.txt",
                  "from": job.labels_from} if job.names is not None else None,
       "signatures": [spec.name for spec in contract.SIGNATURES],

@@ -16,7 +16,7 @@ from typing import Any, Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
-from export.configs import Config, normalize
+from export.configs import ModelConfig
 
 
 def weight_standardize(w: jnp.ndarray, axis: Sequence[int], eps: float) -> jnp.ndarray:
@@ -173,23 +173,21 @@ class VisionTransformer(nn.Module):
     return nn.Dense(num_classes, name="head", kernel_init=nn.initializers.zeros)(x)
 
 
-def build_model(cfg: Config, *, features_only: bool = False) -> VisionTransformer:
+def build_model(cfg: ModelConfig, *, features_only: bool = False) -> VisionTransformer:
   """A VisionTransformer for a config (see `configs.get_config`).
 
   `features_only` drops the head: the model returns the `pre_logits` vector.
   """
-  cfg = normalize(cfg)
-  tr = cfg["transformer"]
-  resnet = cfg["resnet"]
+  tr, resnet = cfg.transformer, cfg.resnet
   return VisionTransformer(
-      patch_size=tuple(cfg["patches"]["size"]),
-      hidden_size=cfg["hidden_size"],
-      num_layers=tr["num_layers"],
-      mlp_dim=tr["mlp_dim"],
-      num_heads=tr["num_heads"],
-      resnet_layers=None if resnet is None else tuple(resnet["num_layers"]),
-      resnet_width=1 if resnet is None else resnet["width_factor"],
-      classifier=cfg["classifier"],
-      representation_size=cfg["representation_size"],
-      num_classes=0 if features_only else cfg.get("num_classes"),
+      patch_size=cfg.patches.size,
+      hidden_size=cfg.hidden_size,
+      num_layers=tr.num_layers,
+      mlp_dim=tr.mlp_dim,
+      num_heads=tr.num_heads,
+      resnet_layers=None if resnet is None else resnet.num_layers,
+      resnet_width=1 if resnet is None else resnet.width_factor,
+      classifier=cfg.classifier,
+      representation_size=cfg.representation_size,
+      num_classes=0 if features_only else cfg.num_classes,
   )

@@ -64,7 +64,7 @@ def _resolve(args: argparse.Namespace) -> int:
           if download.is_remote(r.source) else None,
           "model": r.augreg_name.model if r.augreg_name else None,
           "image_size": r.image_size, "label_set": r.label_set, "sha256": r.sha256,
-          "config": r.config,
+          "config": r.config.to_dict() if r.config else None,
           "augreg": r.augreg_name.as_dict() if r.augreg_name else None}
   if args.json:
     print(json.dumps(info, indent=2))

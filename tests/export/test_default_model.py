@@ -93,7 +93,7 @@ def test_cache_key_follows_recipe_and_config(monkeypatch):
   key = default_model.cache_key(short)
   assert key == default_model.cache_key(digits.Recipe(steps=short.steps))
   assert key != default_model.cache_key(digits.Recipe(steps=short.steps + 1))
-  monkeypatch.setitem(digits.CONFIG, "hidden_size", 32)
+  monkeypatch.setattr(digits, "CONFIG", digits.CONFIG | {"hidden_size": 32})
   assert key != default_model.cache_key(short)
 
 
