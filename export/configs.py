@@ -32,6 +32,7 @@ class _Fields(collections.abc.Mapping):
   access to its fields, `|` for a validated copy, `to_dict` for JSON."""
 
   _WHERE: ClassVar[str] = ""   # the field path prefix, for error messages
+  _IGNORED: ClassVar[frozenset[str]] = frozenset()  # accepted, not kept
 
   def __getitem__(self, key: str) -> Any:
     if key not in self._names():
@@ -59,7 +60,7 @@ class _Fields(collections.abc.Mapping):
   def from_dict(cls, data: Mapping[str, Any]) -> Any:
     """From the original field names (JSON lists or ml_collections tuples).
     Unknown fields are an error, so a misspelt one is not silently ignored."""
-    unknown = sorted(set(data) - set(cls._names()))
+    unknown = sorted(set(data) - set(cls._names()) - cls._IGNORED)
     missing = [f.name for f in dataclasses.fields(cls)
                if f.default is dataclasses.MISSING and f.name not in data]
     if unknown or missing:
@@ -67,7 +68,7 @@ class _Fields(collections.abc.Mapping):
           f"{what} field(s): {', '.join(cls._WHERE + k for k in keys)}"
           for what, keys in (("is missing required", missing), ("has unknown", unknown))
           if keys))
-    return cls(**cls._convert(dict(data)))
+    return cls(**cls._convert({k: v for k, v in data.items() if k not in cls._IGNORED}))
 
   @classmethod
   def _convert(cls, data: dict[str, Any]) -> dict[str, Any]:
@@ -88,11 +89,12 @@ class Patches(_Fields):
 @dataclasses.dataclass(frozen=True)
 class Transformer(_Fields):
   _WHERE: ClassVar[str] = "transformer."
+  # Dropout only matters in training, and the JAX graph is never trained
+  # (fine-tuning happens on the exported TF variables): read, not kept.
+  _IGNORED: ClassVar[frozenset[str]] = frozenset({"attention_dropout_rate", "dropout_rate"})
   mlp_dim: int
   num_heads: int
   num_layers: int
-  attention_dropout_rate: float = 0.0
-  dropout_rate: float = 0.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -146,8 +148,6 @@ def _vit(hidden: int, mlp: int, heads: int, layers: int, patch: int) -> dict[str
           "mlp_dim": mlp,
           "num_heads": heads,
           "num_layers": layers,
-          "attention_dropout_rate": 0.0,
-          "dropout_rate": 0.0,
       },
       "resnet": None,
       "classifier": "token",
