@@ -107,7 +107,7 @@ def export_digits() -> Path:
 
 
 def _start(name: str, base: Path, extra: list[str], tmp: Path):
-  from tests.serving.helpers import ServerProcess, free_port
+  from serving.process import ServerProcess, free_port
   return ServerProcess([f"--port={free_port()}", f"--rest_api_port={free_port()}",
                         f"--model_name={name}", f"--model_base_path={base}",
                         "--file_system_poll_wait_seconds=0", *extra], cwd=tmp, timeout=300)
@@ -326,7 +326,7 @@ def _start_null_server(port: int, response: bytes, tmp: Path) -> subprocess.Pope
 
 def digits_rows(tmp: Path) -> list[dict]:
   import tensorflow as tf
-  from tests.serving.helpers import free_port
+  from serving.process import free_port
   base = export_digits()
   image = np.random.default_rng(2).uniform(-1, 1, (1, DIGITS_SIZE, DIGITS_SIZE, 3))
   image = image.astype(np.float32)

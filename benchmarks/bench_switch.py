@@ -87,7 +87,7 @@ def run() -> list[dict]:
   from export import digits
   from serving.rollout import Rollout
   from clients import Router, label_arms
-  from tests.serving.helpers import ServerProcess, free_port
+  from serving.process import ServerProcess, free_port
 
   with tempfile.TemporaryDirectory() as tmp_name:
     tmp = Path(tmp_name)

@@ -19,7 +19,7 @@ import pytest
 from export import augreg, download, get_config, load_checkpoint
 from export.checkpoint import CheckpointError
 from export.zoo import __main__ as zoo_cli
-from tests.export.test_augreg import index_csv
+from tests.support.augreg_index import index_csv
 
 CKPT = "/vit_models/augreg/B_16-i21k-300ep-lr_0.001-aug_medium1-wd_0.1-do_0.0-sd_0.0.npz"
 

@@ -11,7 +11,7 @@ import pytest
 
 from export import augreg, configs, zoo
 from export.zoo import __main__ as zoo_cli
-from tests.export.test_augreg import index_csv
+from tests.support.augreg_index import index_csv
 
 # The seed project's published models and ImageNet top-1 (issue 4).
 SEED_TOP1 = {"B/8": 85.948, "L/16": 85.716, "B/16": 84.018, "R50+L/32": 83.784,

@@ -10,7 +10,6 @@ change the server's files or flags are skipped then).
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Iterator
 
@@ -18,12 +17,7 @@ import grpc
 import pytest
 
 from tests.serving import helpers
-
-REMOTE_GRPC = os.environ.get("TF_SERVING_GRPC")
-REMOTE_REST = os.environ.get("TF_SERVING_REST")
-needs_embedded = pytest.mark.skipif(
-    bool(REMOTE_GRPC or REMOTE_REST),
-    reason="changes the server's files or flags: embedded server only")
+from tests.support.remote import REMOTE_GRPC, REMOTE_REST
 
 
 @pytest.fixture(scope="session")

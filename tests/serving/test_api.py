@@ -25,7 +25,7 @@ from tensorflow_serving.apis import (classification_pb2, get_model_metadata_pb2,
                                      regression_pb2)
 
 from tests.serving import helpers
-from tests.serving.conftest import needs_embedded
+from tests.support.remote import needs_embedded
 
 TINY, TF1 = helpers.TF2_MODEL, helpers.TF1_MODEL
 S = helpers.IMAGE_SIZE

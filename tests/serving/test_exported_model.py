@@ -19,7 +19,7 @@ from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 from clients import contract
 from tests.serving import helpers
 from tests.support.logs import FOREIGN
-from tests.serving.conftest import needs_embedded
+from tests.support.remote import needs_embedded
 
 pytestmark = needs_embedded
 NAME = "vit"

@@ -14,7 +14,7 @@ from tensorflow_serving.apis import (classification_pb2, get_model_status_pb2, p
                                      regression_pb2)
 
 from tests.serving import helpers
-from tests.serving.conftest import needs_embedded
+from tests.support.remote import needs_embedded
 
 S = helpers.IMAGE_SIZE
 PREDICT = "/tensorflow.serving.PredictionService/Predict"

@@ -37,7 +37,7 @@ from tensorflow_serving.config import model_server_config_pb2
 
 from clients import prometheus
 from tests.serving import helpers
-from tests.serving.conftest import needs_embedded
+from tests.support.remote import needs_embedded
 
 pytestmark = needs_embedded
 S = helpers.IMAGE_SIZE

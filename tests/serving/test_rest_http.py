@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 
 from tests.serving import helpers
-from tests.serving.conftest import REMOTE_REST, needs_embedded
+from tests.support.remote import REMOTE_REST, needs_embedded
 
 TINY = helpers.TF2_MODEL
 S = helpers.IMAGE_SIZE

@@ -21,7 +21,7 @@ from tensorflow_serving.apis import (classification_pb2, get_model_metadata_pb2,
                                      prediction_service_pb2_grpc, regression_pb2)
 
 from tests.serving import helpers, tf_serving_models
-from tests.serving.conftest import needs_embedded
+from tests.support.remote import needs_embedded
 
 pytestmark = needs_embedded     # serves its own repository
 VERSION = tf_serving_models.VERSION
