@@ -55,7 +55,7 @@ def _sweep(address: str, image: Path, api: str) -> dict:
 
 
 def run() -> list[dict]:
-  from tests.serving.helpers import ServerProcess, free_port
+  from serving.process import ServerProcess, free_port
   RESULTS.mkdir(exist_ok=True)
   config, image = _default_model()
   server = ServerProcess([f"--port={free_port()}", f"--rest_api_port={free_port()}",

@@ -44,7 +44,8 @@ async def _round(host: str, port: int, path: str) -> list[float | None]:
 
 
 def run() -> list[dict]:
-  from tests.serving.helpers import TF2_MODEL, ServerProcess, free_port, write_repository
+  from serving.process import ServerProcess, free_port
+  from tests.serving.helpers import TF2_MODEL, write_repository
   load_before = os.getloadavg()[0]
   with tempfile.TemporaryDirectory() as tmp:
     repository = write_repository(Path(tmp) / "repo")

@@ -25,7 +25,7 @@ from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 from clients import GrpcClient, model_config
 from serving import rollout
 from tests.serving import helpers
-from tests.serving.conftest import needs_embedded
+from tests.support.remote import needs_embedded
 
 pytestmark = needs_embedded
 METRICS = "/metrics"

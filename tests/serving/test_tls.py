@@ -21,7 +21,7 @@ from tensorflow_serving.apis import get_model_status_pb2, model_service_pb2_grpc
 
 from tests.clients.pki import Pki, write_pki
 from tests.serving import helpers
-from tests.serving.conftest import needs_embedded
+from tests.support.remote import needs_embedded
 
 pytestmark = needs_embedded
 TINY = helpers.TF2_MODEL
