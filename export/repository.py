@@ -94,10 +94,10 @@ def next_version(model_dir: str | os.PathLike) -> int:
 
 def _try_lock(path: Path) -> int | None:
   """An fd holding the exclusive lock of directory `path`, or None when a
-  live writer holds it (or the directory is gone)."""
+  live writer holds it, the directory is gone, or it is not ours to open."""
   try:
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-  except FileNotFoundError:
+  except OSError:
     return None
   try:
     fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
