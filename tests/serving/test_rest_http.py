@@ -27,14 +27,18 @@ TINY = helpers.TF2_MODEL
 S = helpers.IMAGE_SIZE
 TIMEOUT_MS = 2000
 PREDICT = f"/v1/models/{TINY}:predict"
+METRICS = "/monitoring/prometheus/metrics"
 
 
 @pytest.fixture(scope="module")
-def server(repository) -> Iterator[helpers.ServerProcess | None]:
+def server(repository, tmp_path_factory) -> Iterator[helpers.ServerProcess | None]:
   if REMOTE_REST:
     yield None
     return
+  monitoring = tmp_path_factory.mktemp("monitoring") / "monitoring.config"
+  monitoring.write_text(f'prometheus_config {{ enable: true path: "{METRICS}" }}\n')
   proc = helpers.ServerProcess([
+      f"--monitoring_config_file={monitoring}",
       f"--port={helpers.free_port()}", f"--rest_api_port={helpers.free_port()}",
       f"--model_config_file={repository / 'models.config'}",
       "--allow_version_labels_for_unavailable_models",  # as conftest.py's server
@@ -236,3 +240,22 @@ def test_bad_input_is_a_400_with_a_short_message(server, address, case):
     new = server.lines[logged:]
     assert len([line for line in new if "-> 400" in line]) == 1, new
     assert not any("Traceback" in line for line in new), new
+
+
+def _failed_count(address: tuple[str, int], model: str) -> float:
+  raw = _exchange(address, _request("GET", METRICS, headers={"Connection": "close"}))
+  text = _responses(raw)[0][1].decode()
+  found = re.search(r':tensorflow:serving:request_count\{model_name="%s",status="INVALID_ARGUMENT"\}'
+                    r" (\S+)" % model, text)
+  return float(found[1]) if found else 0.0
+
+
+@needs_embedded
+def test_requests_failing_before_the_model_are_counted(address):
+  """http_server.cc counts every /v1 request by model and status, also one
+  whose JSON never parsed."""
+  before = _failed_count(address, TINY)
+  replies = _responses(_exchange(address, _request("POST", PREDICT, b"{") + _request(
+      "GET", f"/v1/models/{TINY}", headers={"Connection": "close"})))
+  assert [s for s, _ in replies] == [400, 200]
+  assert _failed_count(address, TINY) == before + 1
