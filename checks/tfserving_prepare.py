@@ -61,18 +61,19 @@ class Model:
   """One export of the set: where its checkpoint comes from and how it is served."""
   name: str
   kind: str
-  config: dict[str, Any]
+  config: export.ModelConfig
   image_size: int
   checkpoint: str | None = None  # a file under the repository; None: random weights
   seed: int = 0
 
 
-def _tiny(**changes: Any) -> dict[str, Any]:
-  return json.loads(json.dumps({**_TINY, **changes}))
+def _tiny(**changes: Any) -> export.ModelConfig:
+  return export.get_config({**_TINY, **changes})
 
 
-def _reference_config(case: str) -> dict[str, Any]:
-  return json.loads((ROOT / "tests/data/manifest.json").read_text())[case]["config"]
+def _reference_config(case: str) -> export.ModelConfig:
+  return export.get_config(
+      json.loads((ROOT / "tests/data/manifest.json").read_text())[case]["config"])
 
 
 MODELS = (
@@ -91,7 +92,7 @@ MODELS = (
 def random_checkpoint(model: Model, path: Path) -> None:
   """Random weights in the published format. Flax's init leaves the head at
   zero and norms at one; every array gets noise so no layer is a no-op."""
-  cfg = {**model.config, "num_classes": NUM_CLASSES}
+  cfg = model.config | {"num_classes": NUM_CLASSES}
   net = build_model(cfg)
   size = model.image_size
   params = net.init(jax.random.PRNGKey(model.seed), jnp.zeros((1, size, size, 3)))["params"]
