@@ -240,8 +240,11 @@ def test_bad_input_is_a_400_with_a_short_message(server, address, case):
       "GET", f"/v1/models/{TINY}", headers={"Connection": "close"}), wait=30))
   assert [s for s, _ in replies] == [400, 200], replies
   error = json.loads(replies[0][1])["error"]
-  assert message in error and len(error) < 2000
-  if server is not None:  # one log line for the bad request, no traceback
+  if server is not None:
+    # Texts differ from tensorflow_model_server's where it parses further
+    # (rapidjson takes any nesting and unvalidated UTF-8) or echoes 10 MB.
+    assert message in error and len(error) < 2000
+    # One log line for the bad request, no traceback.
     end = time.monotonic() + 10
     while time.monotonic() < end and not any("-> 400" in s for s in server.lines[logged:]):
       time.sleep(0.1)
