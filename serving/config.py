@@ -2,8 +2,9 @@
 
 `ModelServerConfig` ships with tensorflow-serving-api; `BatchingParameters`
 (session_bundle_config.proto) and `MonitoringConfig` (monitoring_config.proto)
-do not, so they are declared here from TF Serving's .proto field lists and
-parsed with protobuf's own text-format parser: a file written for
+do not, so they come from the descriptor set that declares them once from TF
+Serving's .proto field lists (clients/_gen_protos.py), and are parsed with
+protobuf's own text-format parser: a file written for
 tensorflow_model_server parses, and a typo fails the same way.
 """
 
@@ -13,51 +14,16 @@ import dataclasses
 import os
 from pathlib import Path
 
-from google.protobuf import descriptor_pb2, descriptor_pool, message_factory, text_format
-from google.protobuf import wrappers_pb2  # noqa: F401  (registers wrappers.proto in the pool)
+from google.protobuf import text_format
 from tensorflow_serving.config import model_server_config_pb2
 
+from clients import protos
 from serving.errors import invalid_argument
 
-_FIELD = descriptor_pb2.FieldDescriptorProto
-
-
-def _declare() -> dict[str, type]:
-  pool = descriptor_pool.Default()
-  name = "embedded_serving/tf_serving_configs.proto"
-  try:
-    pool.FindFileByName(name)
-  except KeyError:
-    f = descriptor_pb2.FileDescriptorProto(name=name, package="tensorflow.serving",
-                                           syntax="proto3")
-    f.dependency.append("google/protobuf/wrappers.proto")
-    bp = f.message_type.add(name="BatchingParameters")
-    for number, field, wrapper in [
-        (1, "max_batch_size", "Int64Value"), (2, "batch_timeout_micros", "Int64Value"),
-        (3, "max_enqueued_batches", "Int64Value"), (4, "num_batch_threads", "Int64Value"),
-        (5, "thread_pool_name", "StringValue"),
-        (8, "enable_large_batch_splitting", "BoolValue"),
-        (9, "max_execution_batch_size", "Int64Value")]:
-      bp.field.add(name=field, number=number, type=_FIELD.TYPE_MESSAGE,
-                   label=_FIELD.LABEL_OPTIONAL, type_name=f".google.protobuf.{wrapper}")
-    bp.field.add(name="allowed_batch_sizes", number=6, type=_FIELD.TYPE_INT64,
-                 label=_FIELD.LABEL_REPEATED)
-    bp.field.add(name="pad_variable_length_inputs", number=7, type=_FIELD.TYPE_BOOL,
-                 label=_FIELD.LABEL_OPTIONAL)
-    pc = f.message_type.add(name="PrometheusConfig")
-    pc.field.add(name="enable", number=1, type=_FIELD.TYPE_BOOL, label=_FIELD.LABEL_OPTIONAL)
-    pc.field.add(name="path", number=2, type=_FIELD.TYPE_STRING, label=_FIELD.LABEL_OPTIONAL)
-    mc = f.message_type.add(name="MonitoringConfig")
-    mc.field.add(name="prometheus_config", number=1, type=_FIELD.TYPE_MESSAGE,
-                 label=_FIELD.LABEL_OPTIONAL, type_name=".tensorflow.serving.PrometheusConfig")
-    pool.Add(f)
-  return {n: message_factory.GetMessageClass(pool.FindMessageTypeByName(f"tensorflow.serving.{n}"))
-          for n in ("BatchingParameters", "PrometheusConfig", "MonitoringConfig")}
-
-
-_MESSAGES = _declare()
-BatchingParameters = _MESSAGES["BatchingParameters"]
-MonitoringConfig = _MESSAGES["MonitoringConfig"]
+# Not in the tensorflow-serving-api wheel: declared once, in the descriptor
+# set clients/_gen_protos.py writes (MISSING_FROM_WHEEL).
+BatchingParameters = protos.message_class("tensorflow.serving.BatchingParameters")
+MonitoringConfig = protos.message_class("tensorflow.serving.MonitoringConfig")
 DEFAULT_PROMETHEUS_PATH = "/monitoring/prometheus/metrics"
 
 

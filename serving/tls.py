@@ -21,28 +21,14 @@ import ssl
 import tempfile
 
 import grpc
-from google.protobuf import descriptor_pb2, descriptor_pool, message_factory, text_format
+from google.protobuf import text_format
+
+from clients import protos
 
 
-def _ssl_config_class() -> type:
-  """SSLConfig, defined here because the tensorflow-serving-api wheel does
-  not ship ssl_config_pb2 (a private pool, so it clashes with nothing)."""
-  field = descriptor_pb2.FieldDescriptorProto
-  file = descriptor_pb2.FileDescriptorProto(
-      name="tensorflow_serving/config/ssl_config.proto", package="tensorflow.serving",
-      syntax="proto3")
-  message = file.message_type.add(name="SSLConfig")
-  for number, (name, kind) in enumerate((("server_key", field.TYPE_STRING),
-                                         ("server_cert", field.TYPE_STRING),
-                                         ("custom_ca", field.TYPE_STRING),
-                                         ("client_verify", field.TYPE_BOOL)), start=1):
-    message.field.add(name=name, number=number, type=kind, label=field.LABEL_OPTIONAL)
-  pool = descriptor_pool.DescriptorPool()
-  pool.Add(file)
-  return message_factory.GetMessageClass(pool.FindMessageTypeByName("tensorflow.serving.SSLConfig"))
-
-
-SSLConfig = _ssl_config_class()
+# Not in the tensorflow-serving-api wheel (no ssl_config_pb2): declared once,
+# in the descriptor set clients/_gen_protos.py writes (a private pool).
+SSLConfig = protos.message_class("tensorflow.serving.SSLConfig")
 
 
 class TlsConfigError(ValueError):

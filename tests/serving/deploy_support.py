@@ -13,9 +13,10 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from google.protobuf import descriptor_pb2, descriptor_pool, message_factory, text_format
-from google.protobuf import wrappers_pb2
+from google.protobuf import text_format
 from tensorflow_serving.config import model_server_config_pb2
+
+from clients import protos
 
 ROOT = Path(__file__).resolve().parents[2]
 SERVING = ROOT / "serving"
@@ -61,57 +62,12 @@ FLAGS_SINCE = {
     "enable_serialization_as_tensor_content": "2.19",  # 1e165518, 2024-10-25
 }
 
-# The pip wheel has model_server_config_pb2 but not these two messages, so
-# they are declared here with the names, numbers and types of
-# tensorflow_serving/servables/tensorflow/session_bundle_config.proto
-# (BatchingParameters) and tensorflow_serving/config/monitoring_config.proto.
+# The pip wheel has model_server_config_pb2 but not these two messages; they
+# are declared once, in the descriptor set clients/_gen_protos.py writes.
 # Text format matches fields by name, so a misspelt or unknown field in a
 # config file fails to parse, as it fails tensorflow_model_server's start-up.
-_F = descriptor_pb2.FieldDescriptorProto
-_MIRRORED_FIELDS = {
-    "BatchingParameters": [
-        ("max_batch_size", 1, _F.TYPE_MESSAGE, ".google.protobuf.Int64Value", False),
-        ("batch_timeout_micros", 2, _F.TYPE_MESSAGE, ".google.protobuf.Int64Value", False),
-        ("max_enqueued_batches", 3, _F.TYPE_MESSAGE, ".google.protobuf.Int64Value", False),
-        ("num_batch_threads", 4, _F.TYPE_MESSAGE, ".google.protobuf.Int64Value", False),
-        ("thread_pool_name", 5, _F.TYPE_MESSAGE, ".google.protobuf.StringValue", False),
-        ("allowed_batch_sizes", 6, _F.TYPE_INT64, None, True),
-        ("pad_variable_length_inputs", 7, _F.TYPE_BOOL, None, False),
-    ],
-    "PrometheusConfig": [
-        ("enable", 1, _F.TYPE_BOOL, None, False),
-        ("path", 2, _F.TYPE_STRING, None, False),
-    ],
-    "MonitoringConfig": [
-        ("prometheus_config", 1, _F.TYPE_MESSAGE, ".tensorflow.serving.PrometheusConfig",
-         False),
-    ],
-}
-
-
-def _mirrored_messages() -> dict[str, Any]:
-  pool = descriptor_pool.DescriptorPool()
-  wrappers = descriptor_pb2.FileDescriptorProto()
-  wrappers_pb2.DESCRIPTOR.CopyToProto(wrappers)
-  pool.Add(wrappers)
-  file = descriptor_pb2.FileDescriptorProto(
-      name="vit_serving_tests/tf_serving_configs.proto", package="tensorflow.serving",
-      syntax="proto3", dependency=[wrappers.name])
-  for message, fields in _MIRRORED_FIELDS.items():
-    proto = file.message_type.add(name=message)
-    for name, number, type_, type_name, repeated in fields:
-      field = proto.field.add(name=name, number=number, type=type_,
-                              label=_F.LABEL_REPEATED if repeated else _F.LABEL_OPTIONAL)
-      if type_name:
-        field.type_name = type_name
-  pool.Add(file)
-  return {name: message_factory.GetMessageClass(
-      pool.FindMessageTypeByName(f"tensorflow.serving.{name}")) for name in _MIRRORED_FIELDS}
-
-
-_MESSAGES = _mirrored_messages()
-BatchingParameters = _MESSAGES["BatchingParameters"]
-MonitoringConfig = _MESSAGES["MonitoringConfig"]
+BatchingParameters = protos.message_class("tensorflow.serving.BatchingParameters")
+MonitoringConfig = protos.message_class("tensorflow.serving.MonitoringConfig")
 
 
 def parse_text_proto(text: str, message_class: type[Any]) -> Any:
