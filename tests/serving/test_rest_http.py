@@ -257,8 +257,8 @@ def test_bad_input_is_a_400_with_a_short_message(server, address, case):
 def _failed_count(address: tuple[str, int], model: str) -> float:
   raw = _exchange(address, _request("GET", METRICS, headers={"Connection": "close"}))
   text = _responses(raw)[0][1].decode()
-  found = re.search(r':tensorflow:serving:request_count\{model_name="%s",status="INVALID_ARGUMENT"\}'
-                    r" (\S+)" % model, text)
+  found = re.search(r':tensorflow:serving:request_count\{model_name="%s",'
+                    r'status="INVALID_ARGUMENT"\} (\S+)' % model, text)
   return float(found[1]) if found else 0.0
 
 
