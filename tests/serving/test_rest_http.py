@@ -44,7 +44,7 @@ def server(repository, tmp_path_factory) -> Iterator[helpers.ServerProcess | Non
       f"--model_config_file={repository / 'models.config'}",
       "--allow_version_labels_for_unavailable_models",  # as conftest.py's server
       "--file_system_poll_wait_seconds=0", f"--rest_api_timeout_in_ms={TIMEOUT_MS}",
-      f"--rest_api_max_body_bytes={20 << 20}"])
+      f"--rest_api_max_body_bytes={20 << 20}", "--rest_api_enable_cors_support"])
   yield proc
   proc.stop()
 
@@ -153,6 +153,18 @@ def test_slow_header_connections_are_closed_after_the_timeout(address):
     sock.close()
   assert not open_socks, f"{len(open_socks)} of 50 still open after {closed_after:.0f} s"
   assert closed_after >= TIMEOUT_MS / 1000
+
+
+@needs_embedded
+def test_cors_preflight_and_headers(address):
+  """http_server.cc: OPTIONS is a preflight that needs an http(s) Origin;
+  with --rest_api_enable_cors_support every answer carries the headers."""
+  raw = _exchange(address, _request("OPTIONS", PREDICT, headers={"Origin": "https://app"})
+                  + _request("OPTIONS", PREDICT) + _request(
+                      "GET", f"/v1/models/{TINY}", headers={"Connection": "close"}))
+  assert [s for s, _ in _responses(raw)] == [200, 400, 200]
+  assert raw.count(b"Access-Control-Allow-Origin: *") == 3
+  assert b"Origin header is missing in CORS preflight" in raw
 
 
 # --------------------------------------------------------- body framing
