@@ -176,10 +176,15 @@ class _ConfigPoller:
     from serving.errors import ServingError
     text = _read(self.path)
     if text == self.applied:
+      self.reported = None         # back to what runs: report the next change again
+      return
+    if text is None:
+      self._report(text, f"Failed to read ModelServerConfig file: {self.path}: cannot read it",
+                   logging.ERROR)
       return
     server_config = model_server_config_pb2.ModelServerConfig()
     try:
-      text_format.Parse(text or "", server_config)
+      text_format.Parse(text, server_config)
     except text_format.ParseError as e:
       self._report(text, f"Failed to read ModelServerConfig file: {self.path}: {e}",
                    logging.ERROR)
@@ -189,7 +194,8 @@ class _ConfigPoller:
       return
     try:
       config.validate_model_server_config(server_config, self.path)
-      self.log.info("Reloading model config from %s", self.path)
+      if self.reported is None or self.reported[0] != text:   # not a retry
+        self.log.info("Reloading model config from %s", self.path)
       manager.apply_config(server_config)
     except ServingError as e:
       self._report(text, f"PollFilesystemAndReloadConfig failed to ReloadConfig: {e}",

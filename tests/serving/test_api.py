@@ -276,10 +276,15 @@ def test_model_status(model_stub, rest_url):
   states = {s.version: s.state for s in response.model_version_status}
   available = get_model_status_pb2.ModelVersionStatus.AVAILABLE
   assert states == {1: available, 2: available}
-  # Status ignores a label, as TF Serving's GetModelStatus does: all versions.
-  status, doc = _http(f"{rest_url}/v1/models/{TINY}/labels/stable")
-  assert status == 200, doc
-  assert sorted(s["version"] for s in doc["model_version_status"]) == ["1", "2"]
+  # Status reads only the name and version, not a label (get_model_status_impl.cc),
+  # and REST's GET .../labels/L goes through it (http_rest_api_handler.cc).
+  request.model_spec.version_label = "no-such-label"
+  response = model_stub.GetModelStatus(request, timeout=60)
+  assert sorted(s.version for s in response.model_version_status) == [1, 2]
+  for label in ("stable", "no-such-label"):
+    status, doc = _http(f"{rest_url}/v1/models/{TINY}/labels/{label}")
+    assert status == 200, doc
+    assert sorted(s["version"] for s in doc["model_version_status"]) == ["1", "2"]
   status, doc = _http(f"{rest_url}/v1/models/nope")
   assert status == 404
   assert "Could not find any versions of model nope" in doc["error"]

@@ -404,8 +404,13 @@ def test_empty_and_garbage_config_files_are_survived(fresh):
   log = server.process.log
   assert log.count("Taking no action for empty config.") == 1, log
   assert log.count("Failed to read ModelServerConfig file") == 1, log
+  config.write_text(good)                  # back to what runs: nothing to do
+  time.sleep(1.5)
+  config.write_text("")                    # a new change is reported again
+  _wait_for(lambda: server.process.log.count("Taking no action for empty config.") == 2)
   config.write_text(good.replace('"tensorflow"', '"tensorflow" model_version_policy { all {} }'))
   server.process.wait_for_log("Reloading model config")
+  assert "Reloading model config" not in log
 
 
 # ------------------------------------------------------------------ start-up
@@ -469,20 +474,6 @@ def test_second_server_on_a_busy_port_fails(fresh):
 
 
 # ------------------------------------------------------- shared, read-only
-
-def test_status_ignores_the_version_label(shared):
-  """GetModelStatus reads only the name and version (get_model_status_impl.cc),
-  and REST's GET .../labels/L goes through it (http_rest_api_handler.cc)."""
-  request = get_model_status_pb2.GetModelStatusRequest()
-  request.model_spec.name = "live"
-  request.model_spec.version_label = "no-such-label"
-  reply = shared.models.GetModelStatus(request, timeout=30)
-  assert sorted(s.version for s in reply.model_version_status) == [1, 2]
-  with urllib.request.urlopen(f"{shared.rest}/v1/models/live/labels/no-such-label",
-                              timeout=30) as response:
-    body = json.loads(response.read())
-  assert sorted(s["version"] for s in body["model_version_status"]) == ["1", "2"]
-
 
 def test_unix_socket(shared):
   with grpc.insecure_channel(f"unix:{shared.root / 'grpc.sock'}") as channel:
