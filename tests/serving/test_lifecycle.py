@@ -321,6 +321,15 @@ def test_reload_waits_for_new_models_and_fails_when_one_does_not_load(fresh, rep
   # Answered once the new model is up: no waiting on the client's side.
   assert server.predict.Predict(_request(ONE, model="second"), timeout=30).outputs
 
+  # A new version of a model already served is not waited for, so a broken
+  # one does not fail the reload: it ends up END, version 1 keeps serving.
+  (server.root / "live" / "3").mkdir()
+  (server.root / "live" / "3" / "saved_model.pb").write_bytes(b"not a SavedModel")
+  config.model_config_list.config[0].model_version_policy.specific.versions.append(3)
+  assert server.reload(config).status.error_code == 0
+  assert _wait_for(lambda: server.states().get(3, (None,))[0] == END)
+  assert server.states()[1] == (AVAILABLE, "")
+
   config.model_config_list.config.add(name="broken", base_path=str(server.root / "broken"),
                                       model_platform="tensorflow")
   with pytest.raises(grpc.RpcError) as info:
