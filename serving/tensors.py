@@ -84,10 +84,11 @@ def to_numpy(proto: tensor_pb2.TensorProto, name: str = "") -> np.ndarray:
   dtype = numpy_dtype(proto.dtype)
   if count >= 2**63 or count * max(dtype.itemsize, 8) > _memory_bytes():
     raise error
-  if proto.tensor_content and proto.dtype != types_pb2.DT_STRING:
-    if len(proto.tensor_content) != count * dtype.itemsize:
+  content = proto.tensor_content        # a copy per access: read it once
+  if content and proto.dtype != types_pb2.DT_STRING:
+    if len(content) != count * dtype.itemsize:
       raise error
-    return np.frombuffer(proto.tensor_content, dtype).reshape(shape)
+    return np.frombuffer(content, dtype).reshape(shape)
   try:
     return tf.make_ndarray(proto)
   except (TypeError, ValueError, OverflowError):
