@@ -25,7 +25,7 @@ from typing import Callable
 
 import numpy as np
 
-from clients import preprocessing, protos, tensors
+from clients import contract, preprocessing, protos, tensors
 
 ROOT = Path(__file__).resolve().parents[1]
 SIZE = 224
@@ -67,11 +67,11 @@ def _request(name: str, values: object) -> object:
 
 def encodings(batch: np.ndarray) -> list[dict]:
   def encode_content() -> bytes:
-    return _request("images", batch).SerializeToString()
+    return _request(contract.IMAGES.input_key, batch).SerializeToString()
 
   def encode_float_val() -> bytes:
     request = protos.PredictRequest()
-    tensor = request.inputs["images"]
+    tensor = request.inputs[contract.IMAGES.input_key]
     tensor.dtype = protos.DATA_TYPES["DT_FLOAT"]
     tensor.tensor_shape.dim.extend(protos.TensorShapeProto.Dim(size=s) for s in batch.shape)
     tensor.float_val.extend(batch.ravel().tolist())
@@ -80,15 +80,15 @@ def encodings(batch: np.ndarray) -> list[dict]:
   content, repeated = encode_content(), encode_float_val()
 
   def decode_content() -> np.ndarray:
-    return tensors.make_ndarray(protos.PredictRequest.FromString(content).inputs["images"])
+    return tensors.make_ndarray(protos.PredictRequest.FromString(content).inputs[contract.IMAGES.input_key])
 
   def decode_float_val() -> np.ndarray:
-    return tensors.make_ndarray(protos.PredictRequest.FromString(repeated).inputs["images"])
+    return tensors.make_ndarray(protos.PredictRequest.FromString(repeated).inputs[contract.IMAGES.input_key])
 
   assert np.array_equal(decode_content(), batch) and np.array_equal(decode_float_val(), batch)
 
   def encode_json() -> bytes:
-    return json.dumps({"inputs": {"images": batch.tolist()}}, separators=(",", ":")).encode()
+    return json.dumps({"inputs": {contract.IMAGES.input_key: batch.tolist()}}, separators=(",", ":")).encode()
 
   ms = {"encode_tensor_content": _best(encode_content),
         "encode_float_val": _best(encode_float_val, 3),
@@ -121,13 +121,13 @@ def payloads(images: list[np.ndarray]) -> list[dict]:
     jpegs.append(buffer.getvalue())
   jpeg_array = np.empty(len(jpegs), dtype=object)
   jpeg_array[:] = jpegs
-  grpc_bytes = {"float32": len(_request("images", floats).SerializeToString()),
-                "uint8": len(_request("images", pixels).SerializeToString()),
-                "jpeg": len(_request("image_bytes", jpeg_array).SerializeToString())}
+  grpc_bytes = {"float32": len(_request(contract.IMAGES.input_key, floats).SerializeToString()),
+                "uint8": len(_request(contract.IMAGES.input_key, pixels).SerializeToString()),
+                "jpeg": len(_request(contract.ENCODED.input_key, jpeg_array).SerializeToString())}
   rest_bytes = {
-      "float32": len(json.dumps({"inputs": {"images": floats.tolist()}}, separators=(",", ":"))),
-      "uint8": len(json.dumps({"inputs": {"images": pixels.tolist()}}, separators=(",", ":"))),
-      "jpeg": len(json.dumps({"inputs": {"image_bytes": [
+      "float32": len(json.dumps({"inputs": {contract.IMAGES.input_key: floats.tolist()}}, separators=(",", ":"))),
+      "uint8": len(json.dumps({"inputs": {contract.IMAGES.input_key: pixels.tolist()}}, separators=(",", ":"))),
+      "jpeg": len(json.dumps({"inputs": {contract.ENCODED.input_key: [
           {"b64": base64.b64encode(j).decode()} for j in jpegs]}}, separators=(",", ":")))}
   n = len(images)
   rows = []

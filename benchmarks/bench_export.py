@@ -29,6 +29,8 @@ from typing import Any, Callable
 
 import numpy as np
 
+from clients import contract
+
 ROOT = Path(__file__).resolve().parents[1]
 MODEL = "B/16"
 IMAGE_SIZE = 224
@@ -104,7 +106,7 @@ def run() -> list[dict]:
 
     params = export.load_checkpoint(checkpoint, cfg, IMAGE_SIZE)
     jax_fn = jax.jit(lambda p, x: model.apply({"params": p}, x))
-    serving = tf.saved_model.load(str(version_dir)).signatures["serving_default"]
+    serving = tf.saved_model.load(str(version_dir)).signatures[contract.DEFAULT.name]
     rng = np.random.default_rng(0)
     for batch, repeats in CALLS.items():
       x = rng.uniform(-1, 1, (batch, IMAGE_SIZE, IMAGE_SIZE, 3)).astype(np.float32)

@@ -50,7 +50,7 @@ from typing import Callable
 
 import numpy as np
 
-from clients import prometheus
+from clients import contract, prometheus
 
 ROOT = Path(__file__).resolve().parents[1]
 CACHE = ROOT / ".cache" / "bench_serving"
@@ -135,12 +135,12 @@ def _request(name: str, images: np.ndarray):
   from tensorflow_serving.apis import predict_pb2
   request = predict_pb2.PredictRequest()
   request.model_spec.name = name
-  request.inputs["images"].CopyFrom(tf.make_tensor_proto(images))   # tensor_content
+  request.inputs[contract.IMAGES.input_key].CopyFrom(tf.make_tensor_proto(images))   # tensor_content
   return request
 
 
 def _rest(address: str, images: np.ndarray) -> dict:
-  body = json.dumps({"inputs": {"images": images.tolist()}}).encode()
+  body = json.dumps({"inputs": {contract.IMAGES.input_key: images.tolist()}}).encode()
   with urllib.request.urlopen(urllib.request.Request(
       f"http://{address}/v1/models/{NAME}:predict", data=body), timeout=600) as response:
     return json.loads(response.read())
@@ -190,7 +190,7 @@ def b16_rows(tmp: Path) -> list[dict]:
   plain = _start(NAME, base, [], tmp)
   batched = _start(NAME, base, batching, tmp)
   try:
-    signature = tf.saved_model.load(str(base / "1")).signatures["serving_default"]
+    signature = tf.saved_model.load(str(base / "1")).signatures[contract.DEFAULT.name]
     tensor, single = tf.constant(images), tf.constant(images[:1])
     local = lambda: signature(images=tensor)          # noqa: E731
     local1 = lambda: signature(images=single)         # noqa: E731
@@ -332,7 +332,7 @@ def digits_rows(tmp: Path) -> list[dict]:
   image = image.astype(np.float32)
   body = _request(DIGITS, image).SerializeToString()
 
-  signature = tf.saved_model.load(str(base / "1")).signatures["serving_default"]
+  signature = tf.saved_model.load(str(base / "1")).signatures[contract.DEFAULT.name]
   one, full = tf.constant(image), tf.constant(np.repeat(image, DIGITS_BATCH_SIZES[-1], 0))
   call_one = lambda: signature(images=one)       # noqa: E731
   call_full = lambda: signature(images=full)     # noqa: E731

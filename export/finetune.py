@@ -97,6 +97,7 @@ if __name__ == "__main__":
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
+from clients import contract  # noqa: E402
 from export import CheckpointError, download, exporter, repository, steplog  # noqa: E402
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".gif", ".bmp")
@@ -247,8 +248,9 @@ def predict(backbone: Any, kernel: tf.Variable, bias: tf.Variable, images: np.nd
 
 def served_predictions(version_dir: Path, files: list[Path]) -> np.ndarray:
   """Top-1 classes from the published SavedModel's `predict_bytes` signature."""
-  served = tf.saved_model.load(os.fspath(version_dir)).signatures["predict_bytes"]
-  out = [served(image_bytes=tf.constant([f.read_bytes() for f in files[i:i + 64]]))
+  served = tf.saved_model.load(os.fspath(version_dir)).signatures[contract.ENCODED.name]
+  key = contract.ENCODED.input_key
+  out = [served(**{key: tf.constant([f.read_bytes() for f in files[i:i + 64]])})
          ["top_k_classes"][:, 0].numpy() for i in range(0, len(files), 64)]
   return np.concatenate(out)
 
