@@ -15,24 +15,39 @@ ships with it (clients.protos), so a caller pays for grpc and numpy only.
 
 from __future__ import annotations
 
-from typing import Any
+import importlib
+from typing import TYPE_CHECKING, Any
 
-from clients.base import ModelRef
-from clients.connection import Tls
-from clients.errors import ClientError
-from clients.grpc_client import GrpcClient
-from clients.rest_client import RestClient
-from clients.results import (ModelMetadata, Prediction, SignatureInfo, TensorInfo, TopK,
-                             VersionStatus)
-from clients.retry import NO_RETRY, RetryPolicy
-from clients.routing import Arm, RoutedClient, Router, label_arms, version_arms
+if TYPE_CHECKING:
+  from clients.grpc_client import GrpcClient
+  from clients.rest_client import RestClient
 
-__all__ = ["Arm", "ClientError", "GrpcClient", "ModelMetadata", "ModelRef", "NO_RETRY",
-           "Prediction", "RestClient", "RetryPolicy", "RoutedClient", "Router", "SignatureInfo",
-           "TensorInfo", "Tls", "TopK", "VersionStatus", "connect", "label_arms", "version_arms"]
+# The public names, imported on first use: export/ reads clients.contract
+# (e.g. `python -m export.zoo --help`), which must not pay ~0.3 s for grpc and
+# numpy through this package's __init__.
+_API = {
+    "ModelRef": "clients.base", "Tls": "clients.connection", "ClientError": "clients.errors",
+    "GrpcClient": "clients.grpc_client", "RestClient": "clients.rest_client",
+    **dict.fromkeys(("ModelMetadata", "Prediction", "SignatureInfo", "TensorInfo", "TopK",
+                     "VersionStatus"), "clients.results"),
+    **dict.fromkeys(("NO_RETRY", "RetryPolicy"), "clients.retry"),
+    **dict.fromkeys(("Arm", "RoutedClient", "Router", "label_arms", "version_arms"),
+                    "clients.routing"),
+}
+
+__all__ = sorted([*_API, "connect"])
+
+
+def __getattr__(name: str) -> Any:
+  if name not in _API:
+    raise AttributeError(f"module 'clients' has no attribute {name!r}")
+  return getattr(importlib.import_module(_API[name]), name)
 
 
 def connect(server: str, *, rest: bool = False, **kwargs: Any) -> GrpcClient | RestClient:
   """A GrpcClient for "host[:port]", or a RestClient with rest=True (or an https:// URL)."""
-  rest = rest or server.startswith(("http://", "https://"))
-  return RestClient(server, **kwargs) if rest else GrpcClient(server, **kwargs)
+  if rest or server.startswith(("http://", "https://")):
+    from clients.rest_client import RestClient
+    return RestClient(server, **kwargs)
+  from clients.grpc_client import GrpcClient
+  return GrpcClient(server, **kwargs)
