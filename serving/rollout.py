@@ -101,6 +101,7 @@ class Rollout:
     if version not in self.available():
       raise RolloutError(f"version {version} of {self.model} is not AVAILABLE; "
                          f"label {label!r} stays where it is")
+
     def edit(entry: Any) -> None:
       entry.version_labels[label] = version
     self._change(edit)
