@@ -6,9 +6,10 @@ prints 6-7 C++ lines (oneDNN, "Could not find cuda drivers", CPU features),
 and the first device query logs a cuInit error on machines without a GPU.
 `import_tensorflow` does that import and that query with file descriptor 2
 pointed at a temporary file, and replays the file only when the import
-fails, or always with `-v` (`verbose`). Python-side, TensorFlow's logger is
-set to errors only, which hides the "unsaved custom gradients" warning that
-every re-load of a jax2tf export prints.
+fails, or always with `-v` (`verbose`). Python-side, TensorFlow's and absl's
+loggers are set to errors only, which hides the "unsaved custom gradients"
+warning that every re-load of a jax2tf export prints (the verification step
+re-loads each export).
 
 The command lines parse their arguments before calling this, so `--help`
 never pays for (or prints) a TensorFlow import. serving/ has its own copy of
@@ -56,5 +57,7 @@ def import_tensorflow(verbose: bool = False) -> ModuleType:
   with _stderr_held(not verbose):
     import tensorflow as tf
     tf.config.list_physical_devices()
+  from absl import logging as absl_logging  # TensorFlow's own dependency
   tf.get_logger().setLevel(logging.INFO if verbose else logging.ERROR)
+  absl_logging.set_verbosity(absl_logging.INFO if verbose else absl_logging.ERROR)
   return tf

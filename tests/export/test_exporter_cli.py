@@ -15,6 +15,8 @@ from pathlib import Path
 from google.protobuf import text_format
 from tensorflow_serving.config import model_server_config_pb2
 
+from tests.support.logs import FOREIGN
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -51,6 +53,7 @@ def test_killed_export_then_cli_export(tmp_path, data_dir, reference_manifest):
   assert cli.returncode == 0, cli.stderr
   assert cli.stdout.strip() == "models/vit/1"
   assert "verify" in cli.stderr and "removed" in cli.stderr
+  assert not FOREIGN.search(cli.stderr), cli.stderr  # export/quiet.py
   assert [p.name for p in model_dir.iterdir()] == ["1"]
   version = model_dir / "1"
   assert (version / "assets" / "labels.txt").read_text().splitlines()[3] == "label 3"
