@@ -51,8 +51,12 @@ ifeq ($(SERVER),tfserving)
 else
 	$(PY) -m serving --port=$(GRPC_PORT) --rest_api_port=$(REST_PORT) --bind=$(HOST) \
 	    --model_config_file=models.config --model_config_file_poll_wait_seconds=5 \
+	    --allow_version_labels_for_unavailable_models=true \
 	    --monitoring_config_file=serving/config/monitoring.config
 endif
+# (labels: the rollout tool writes version labels into models.config; like
+# tensorflow_model_server, the server checks them before loading anything at
+# start-up, so a restart on that file needs the flag, as compose and k8s set it)
 
 bench: setup
 	$(PY) -m benchmarks

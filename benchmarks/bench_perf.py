@@ -35,8 +35,9 @@ def _python(*args: str, timeout: float) -> str:
   return done.stdout
 
 
-def _default_model() -> tuple[Path, Path]:
-  """The exported default model's models.config, and one sample image."""
+def default_model() -> tuple[Path, Path]:
+  """The exported default model's models.config (its base_path is relative
+  to CACHE), and one sample image; exported once, then cached."""
   repo, config = CACHE / "models", CACHE / "models.config"
   _python("-m", "export.default_model", "--repo", str(repo), "--model-config", str(config),
           timeout=3600)
@@ -57,7 +58,7 @@ def _sweep(address: str, image: Path, api: str) -> dict:
 def run() -> list[dict]:
   from serving.process import ServerProcess, free_port
   RESULTS.mkdir(exist_ok=True)
-  config, image = _default_model()
+  config, image = default_model()
   server = ServerProcess([f"--port={free_port()}", f"--rest_api_port={free_port()}",
                           f"--model_config_file={config}", "--enable_batching",
                           f"--batching_parameters_file={ROOT}/serving/config/"

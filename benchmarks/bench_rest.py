@@ -1,6 +1,6 @@
 """REST concurrency: 300 clients open their connections at the same moment
 and each asks for a model's status (GET /v1/models/NAME), against the
-embedded server serving the tests' tiny models.
+embedded server serving the default model (as bench_perf exports it).
 
 Latency is per client, from starting to connect until the whole answer is
 read, so a short listen backlog or a thread-per-connection server shows up
@@ -14,9 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-import tempfile
 import time
-from pathlib import Path
 
 import numpy as np
 
@@ -44,21 +42,20 @@ async def _round(host: str, port: int, path: str) -> list[float | None]:
 
 
 def run() -> list[dict]:
+  from benchmarks.bench_perf import CACHE, MODEL, default_model
   from serving.process import ServerProcess, free_port
-  from tests.serving.helpers import TF2_MODEL, write_repository
+  config, _ = default_model()
   load_before = os.getloadavg()[0]
-  with tempfile.TemporaryDirectory() as tmp:
-    repository = write_repository(Path(tmp) / "repo")
-    server = ServerProcess([f"--port={free_port()}", f"--rest_api_port={free_port()}",
-                            f"--model_config_file={repository / 'models.config'}",
-                            "--allow_version_labels_for_unavailable_models",
-                            "--file_system_poll_wait_seconds=0"], timeout=300)
-    try:
-      host, port = server.rest_address.rsplit(":", 1)
-      results = [asyncio.run(_round(host, int(port), f"/v1/models/{TF2_MODEL}"))
-                 for _ in range(ROUNDS)]
-    finally:
-      server.stop()
+  server = ServerProcess([f"--port={free_port()}", f"--rest_api_port={free_port()}",
+                          f"--model_config_file={config}",
+                          "--file_system_poll_wait_seconds=0"],
+                         cwd=CACHE, timeout=300)  # models.config's base_path is relative
+  try:
+    host, port = server.rest_address.rsplit(":", 1)
+    results = [asyncio.run(_round(host, int(port), f"/v1/models/{MODEL}"))
+               for _ in range(ROUNDS)]
+  finally:
+    server.stop()
   answered = [r for rnd in results for r in rnd if r is not None]
   worst = min(sum(r is not None for r in rnd) for rnd in results)
   latencies = np.array(answered) * 1e3 if answered else np.array([np.nan])

@@ -160,8 +160,8 @@ def start(core: Core, *, bind: str, port: int, socket_path: str, channel_argumen
                 else lambda address: server.add_secure_port(address, credentials))
     if health_service:
       checker = health.aio.HealthServicer()
-      for service in ("", "tensorflow.serving.PredictionService",
-                      "tensorflow.serving.ModelService"):
+      # The names tensorflow_model_server registers (server.cc): unqualified.
+      for service in ("", "ModelService", "PredictionService"):
         await checker.set(service, health_pb2.HealthCheckResponse.SERVING)
       health_pb2_grpc.add_HealthServicer_to_server(checker, server)
     bound = None

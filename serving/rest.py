@@ -128,7 +128,7 @@ class RestServer:
       return self._prometheus(uri)
     if not _V1_PATH.fullmatch(uri):
       return self._reply(404, rest_json.error_response(
-          f"Not found: {_cut(uri)} (the API is under /v1/)"))
+          f"Not found: {tensors.clip(uri)} (the API is under /v1/)"))
     declared = request.content_length
     if declared is not None and declared > self.max_body_bytes:
       response = self._error(request, invalid_argument(
@@ -159,7 +159,7 @@ class RestServer:
         self._count_failure(call, e, started)
       return self._error(request, e)
     except Exception as e:  # noqa: BLE001  (a bug must cost one request, not the server)
-      log.exception("REST %s %s: internal error", request.method, _cut(uri))
+      log.exception("REST %s %s: internal error", request.method, tensors.clip(uri))
       return self._reply(500, rest_json.error_response(f"{type(e).__name__}: {e}"))
     return self._reply(200, output)
 
@@ -190,7 +190,7 @@ class RestServer:
   async def _process(self, call: "_Call", method: str, uri: str, body: bytes,
                      deadline: float | None) -> bytes:
     """http_rest_api_handler.cc: ProcessRequest."""
-    malformed = invalid_argument(f"Malformed request: {method} {_cut(uri)}")
+    malformed = invalid_argument(f"Malformed request: {method} {tensors.clip(uri)}")
     if method == "POST":
       match = _PREDICTION_API.fullmatch(uri)
       if match is None:
@@ -263,7 +263,7 @@ class RestServer:
   def _prometheus(self, uri: str) -> web.Response:
     """http_server.cc: ProcessPrometheusRequest."""
     if uri != self.prometheus_path:
-      text = f"Unexpected path: {_cut(uri)}. Should be {self.prometheus_path}"
+      text = f"Unexpected path: {tensors.clip(uri)}. Should be {self.prometheus_path}"
       return web.Response(status=400, text=text, content_type="text/plain")
     return web.Response(text=self.core.metrics.prometheus_text(), content_type="text/plain")
 
@@ -272,8 +272,8 @@ class RestServer:
     """One log line per failed request (no traceback: bad input is not a
     server fault), then TF Serving's {"error": ...} body."""
     status = status or error.http_status
-    log.info("REST %s %s -> %d %s: %s", request.method, _cut(request.raw_path, 200), status,
-             error.code_name, _cut(error.message, 300))
+    log.info("REST %s %s -> %d %s: %s", request.method, tensors.clip(request.raw_path, 200), status,
+             error.code_name, tensors.clip(error.message, 300))
     return self._reply(status, rest_json.error_response(error.message))
 
   def _reply(self, status: int, body: bytes) -> web.Response:
@@ -289,7 +289,7 @@ _CLIENT_FAULTS = (HttpProcessingError, web.RequestPayloadError)
 def _fault_text(error: BaseException) -> str:
   """aiohttp's multi-line message of a client fault, on one line."""
   cause = error.__cause__ if isinstance(error.__cause__, HttpProcessingError) else error
-  return _cut(" ".join(str(getattr(cause, "message", cause)).split()), 300)
+  return tensors.clip(" ".join(str(getattr(cause, "message", cause)).split()), 300)
 
 
 class _ClientFaultLog(logging.LoggerAdapter):
@@ -327,7 +327,7 @@ def _model_spec(name: str | None, version: str | None,
   if version:
     number = int(version)
     if number > _INT64_MAX:
-      raise invalid_argument(f"Failed to convert version: {_cut(version)} to numeric.")
+      raise invalid_argument(f"Failed to convert version: {tensors.clip(version)} to numeric.")
     spec.version.value = number
   if label:
     spec.version_label = _decode(label, "model version label")
@@ -338,15 +338,11 @@ def _decode(text: str, what: str) -> str:
   try:
     return urllib.parse.unquote_to_bytes(text).decode("utf-8")
   except UnicodeDecodeError:
-    raise invalid_argument(f"Failed to decode {what}:{_cut(text)}") from None
+    raise invalid_argument(f"Failed to decode {what}:{tensors.clip(text)}") from None
 
 
 def _remaining(deadline: float | None) -> float | None:
   return None if deadline is None else max(0.0, deadline - time.monotonic())
-
-
-def _cut(text: str, limit: int = 256) -> str:
-  return tensors.clip(text, limit)
 
 
 __all__ = ["BACKLOG", "RestServer"]

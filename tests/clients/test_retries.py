@@ -3,8 +3,6 @@ that count the attempts they see (and a port where nothing listens)."""
 
 from __future__ import annotations
 
-import http.server
-import json
 import random
 import threading
 from concurrent import futures
@@ -15,6 +13,7 @@ import pytest
 
 from clients import ClientError, GrpcClient, RestClient, RetryPolicy, protos
 from tests.serving.helpers import free_port
+from tests.support.fake_http import FakeHttpServer
 
 FAST = RetryPolicy(attempts=3, initial_backoff=0.01, max_backoff=0.02, jitter=0.0)
 IMAGES = np.zeros((1, 4, 4, 3), np.float32)
@@ -103,43 +102,12 @@ def test_grpc_server_down_fails_after_configured_attempts():
   assert "GetModelStatus model 'vit'" in str(error.value)
 
 
-class FakeRest:
-  """An HTTP server answering with one status and body (or per path), counting."""
-
-  def __init__(self, status: int, body: dict, by_path: dict[str, dict] | None = None):
-    self.calls = 0
-    fake = self
-
-    class Handler(http.server.BaseHTTPRequestHandler):
-      def _answer(self):
-        fake.calls += 1
-        self.rfile.read(int(self.headers.get("Content-Length") or 0))
-        data = json.dumps((by_path or {}).get(self.path, body)).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-      do_GET = do_POST = _answer
-
-      def log_message(self, *args):
-        pass
-
-    self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    self.port = self.server.server_address[1]
-    threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-  def stop(self) -> None:
-    self.server.shutdown()
-    self.server.server_close()
-
-
 @pytest.mark.parametrize("status,code,attempts", [(503, "UNAVAILABLE", 3),
                                                   (400, "INVALID_ARGUMENT", 1),
                                                   (404, "NOT_FOUND", 1)])
 def test_rest_errors_map_to_status_codes_and_retry_only_unavailable(status, code, attempts):
-  fake = FakeRest(status, {"error": "Servable not found for request: Latest(vit)"})
+  fake = FakeHttpServer({"error": "Servable not found for request: Latest(vit)"},
+                        status=status)
   try:
     with RestClient(f"127.0.0.1:{fake.port}", retry=FAST, timeout=5) as client:
       with pytest.raises(ClientError) as error:
@@ -166,9 +134,9 @@ def test_rest_lone_output_without_name_is_decoded_with_metadata_types():
               "metadata": {"signature_def": {"signature_def": {"serving_default": {
                   "inputs": {"images": info}, "outputs": {"features": info},
                   "method_name": "tensorflow/serving/predict"}}}}}
-  fake = FakeRest(200, {"outputs": [[0.5, -1.25]]},
-                  by_path={"/v1/models/feat/metadata": metadata,
-                           "/v1/models/feat/versions/4/metadata": metadata})
+  fake = FakeHttpServer({"outputs": [[0.5, -1.25]]},
+                        by_path={"/v1/models/feat/metadata": metadata,
+                                 "/v1/models/feat/versions/4/metadata": metadata})
   try:
     with RestClient(f"127.0.0.1:{fake.port}", retry=FAST, resolve_versions=True) as client:
       result = client.predict_images("feat", IMAGES)

@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import itertools
 import gzip
-import http.server
 import json
 import socket
 import ssl
@@ -24,6 +23,7 @@ import pytest
 from clients import ClientError, GrpcClient, RestClient, RetryPolicy, Tls, connection, protos
 from clients.aio import AsyncGrpcClient, AsyncRestClient
 from tests.clients.pki import write_pki
+from tests.support.fake_http import FakeHttpServer
 from tests.serving.helpers import ROOT, free_port
 
 NO_WAIT = RetryPolicy(attempts=1)
@@ -82,48 +82,6 @@ class Recorder:
     self.server.stop(None)
 
 
-class HttpRecorder:
-  """An HTTP server that records each request's headers and raw body and
-  answers with `answer` (a JSON object), optionally over TLS and gathering
-  `gather` concurrent requests like Recorder."""
-
-  def __init__(self, answer: dict, *, status: int = 200, gather: int = 0,
-               context: ssl.SSLContext | None = None):
-    self.requests: list[tuple[dict[str, str], bytes]] = []
-    barrier = threading.Barrier(gather, timeout=10) if gather else None
-    fake = self
-
-    class Handler(http.server.BaseHTTPRequestHandler):
-      protocol_version = "HTTP/1.1"
-
-      def _answer(self):
-        body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-        fake.requests.append(({k.lower(): v for k, v in self.headers.items()}, body))
-        if barrier is not None:
-          barrier.wait()
-        data = json.dumps(answer).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-      do_GET = do_POST = _answer
-
-      def log_message(self, *args):
-        pass
-
-    self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    if context is not None:
-      self.server.socket = context.wrap_socket(self.server.socket, server_side=True)
-    self.port = self.server.server_address[1]
-    threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-  def stop(self) -> None:
-    self.server.shutdown()
-    self.server.server_close()
-
-
 STATUS = {"model_version_status": [{"version": "3", "state": "AVAILABLE",
                                     "status": {"error_code": "OK", "error_message": ""}}]}
 
@@ -167,7 +125,7 @@ def test_deadline_covers_every_retry():
 
 
 def test_rest_deadline_covers_every_retry():
-  fake = HttpRecorder({"error": "down"}, status=503)
+  fake = FakeHttpServer({"error": "down"}, status=503)
   patient = RetryPolicy(attempts=1000, initial_backoff=0.05, multiplier=1.0, jitter=0.0)
   try:
     with RestClient(f"127.0.0.1:{fake.port}", retry=patient, timeout=0.5) as client:
@@ -179,7 +137,7 @@ def test_rest_deadline_covers_every_retry():
 
 
 def test_wrong_port_is_not_retried_and_says_what_to_try():
-  rest, grpc_fake = HttpRecorder(STATUS), Recorder()
+  rest, grpc_fake = FakeHttpServer(STATUS), Recorder()
   try:
     with GrpcClient(f"127.0.0.1:{rest.port}", retry=RetryPolicy(attempts=5)) as client:
       with pytest.raises(ClientError) as error:
@@ -216,7 +174,7 @@ def test_the_servers_batch_limit_is_adopted():
 
 
 def test_headers_go_with_every_call_on_both_transports():
-  fake, rest = Recorder(), HttpRecorder(STATUS)
+  fake, rest = Recorder(), FakeHttpServer(STATUS)
   try:
     with GrpcClient(f"127.0.0.1:{fake.port}", headers={"Authorization": "Bearer a"}) as client:
       client.predict_images("m", IMAGES, headers={"x-request-id": "7"})
@@ -237,7 +195,7 @@ def test_rest_bodies_are_gzipped_with_compression():
       "signature_def": {"serving_default": {
           "inputs": {"images": {"dtype": "DT_FLOAT"}},
           "outputs": {"rows": {"dtype": "DT_INT32"}}}}}}}
-  fake = HttpRecorder({"outputs": [1], **metadata})
+  fake = FakeHttpServer({"outputs": [1], **metadata})
   try:
     with RestClient(f"127.0.0.1:{fake.port}", compression=True) as client:
       client.predict_images("m", np.zeros((1, 64, 64, 3), np.float32))
@@ -325,7 +283,7 @@ def test_rest_https_with_a_ca_and_a_client_certificate(pki):
   context.load_cert_chain(pki.server_cert, pki.server_key)
   context.load_verify_locations(pki.ca)
   context.verify_mode = ssl.CERT_REQUIRED
-  fake = HttpRecorder(STATUS, context=context)
+  fake = FakeHttpServer(STATUS, context=context)
   url = f"https://127.0.0.1:{fake.port}"
   try:
     with RestClient(url, tls=Tls(pki.ca, pki.client_cert, pki.client_key)) as client:
@@ -347,7 +305,7 @@ def test_rest_https_with_a_ca_and_a_client_certificate(pki):
 def test_async_clients_keep_many_calls_in_flight(pki):
   many = 16
   fake = Recorder(gather=many)
-  rest = HttpRecorder(STATUS, gather=many)
+  rest = FakeHttpServer(STATUS, gather=many)
 
   async def run() -> tuple[list, list]:
     async with AsyncGrpcClient(f"127.0.0.1:{fake.port}", retry=NO_WAIT) as g, \
@@ -369,7 +327,7 @@ def test_async_clients_keep_many_calls_in_flight(pki):
 
 
 def test_async_errors_match_the_sync_ones():
-  rest = HttpRecorder(STATUS)
+  rest = FakeHttpServer(STATUS)
 
   async def run() -> ClientError:
     async with AsyncGrpcClient(f"127.0.0.1:{rest.port}") as client:

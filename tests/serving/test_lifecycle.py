@@ -201,6 +201,15 @@ class Traffic:
 
 # ----------------------------------------------------------- repository polling
 
+def _assert_served_throughout(server: Server, traffic: Traffic) -> None:
+  """No request failed, as the (non-retrying) clients and the server itself
+  count them, and version 1 is still the one AVAILABLE."""
+  assert traffic.failures == [], traffic.failures[:5]
+  assert traffic.ok > 20
+  assert server.failed_requests() == 0
+  assert server.states() == {1: (AVAILABLE, "")}
+
+
 def test_version_dropped_in_is_served_without_restart(fresh):
   server = fresh(*FAST_POLLS)
   root = server.root
@@ -253,10 +262,7 @@ def test_base_path_missing_for_a_while_keeps_serving(fresh):
     time.sleep(1)
   finally:
     traffic.stop()
-  assert traffic.failures == [], traffic.failures[:5]
-  assert traffic.ok > 20
-  assert server.failed_requests() == 0
-  assert server.states() == {1: (AVAILABLE, "")}
+  _assert_served_throughout(server, traffic)
   assert server.process.log.count("Could not find base path") == 1    # not every poll
 
 
@@ -406,10 +412,7 @@ def test_empty_and_garbage_config_files_are_survived(fresh):
     time.sleep(3)
   finally:
     traffic.stop()
-  assert traffic.failures == [], traffic.failures[:5]
-  assert traffic.ok > 20
-  assert server.failed_requests() == 0
-  assert server.states() == {1: (AVAILABLE, "")}
+  _assert_served_throughout(server, traffic)
   log = server.process.log
   assert log.count("Taking no action for empty config.") == 1, log
   assert log.count("Failed to read ModelServerConfig file") == 1, log
