@@ -2,8 +2,11 @@
 grpc.health.v1.
 
 The server is grpc.aio on an event loop of its own thread; every call awaits
-the core's coroutine (core.py), which runs blocking work on its own pool, so
-a waiting request holds no thread.
+a service's coroutine (services.py), which runs blocking work on the
+Runner's pool, so a waiting request holds no thread.  Each call is recorded
+here, as prediction_service_impl.cc records it: request_count and
+request_latency for Predict, Classify and Regress under their names as the
+API label, the embedded per-version metrics for every call about a version.
 
 Requests are parsed here rather than by grpc's generated handlers, so that
 bytes that are not the method's protobuf are INVALID_ARGUMENT (with grpc's
@@ -30,9 +33,10 @@ from tensorflow_serving.apis import (classification_pb2, get_model_metadata_pb2,
                                      get_model_status_pb2, inference_pb2, model_management_pb2,
                                      predict_pb2, regression_pb2)
 
-from serving.core import Core
 from serving.errors import ServingError, invalid_argument
 from serving.flags import INT_MAX
+from serving.metrics import Call, Metrics
+from serving.services import ModelService, PredictionService
 from serving.tensors import clip
 
 log = logging.getLogger("serving")
@@ -60,15 +64,33 @@ def _deadline(context: grpc.aio.ServicerContext) -> float | None:
   return None if remaining is None else time.monotonic() + remaining
 
 
+def _model_name(request: Any) -> str:
+  """The model a call is counted on (MultiInference: its first task's)."""
+  if isinstance(request, inference_pb2.MultiInferenceRequest):
+    return request.tasks[0].model_spec.name if request.tasks else ""
+  spec = getattr(request, "model_spec", None)
+  return "" if spec is None else spec.name
+
+
+# method -> TF Serving's API label; the methods it keeps no request metrics
+# for are absent (prediction_service_impl.cc, model_service_impl.cc).
+_API = {"Predict": "Predict", "Classify": "Classify", "Regress": "Regress"}
+
+Invoke = Callable[[Any, grpc.aio.ServicerContext, Call], Any]
+
+
 def _handler(name: str, request_cls: type[message.Message],
-             response_cls: type[message.Message],
-             call: Callable[[Any, grpc.aio.ServicerContext], Any]) -> grpc.RpcMethodHandler:
+             response_cls: type[message.Message], invoke: Invoke,
+             metrics: Metrics) -> grpc.RpcMethodHandler:
   async def handle(request: Any, context: grpc.aio.ServicerContext) -> Any:
     try:
       if isinstance(request, _Malformed):
         raise invalid_argument(f"Could not parse the {request_cls.DESCRIPTOR.name}: "
                                f"{clip(str(request.error) or type(request.error).__name__)}")
-      return await call(request, context)
+      call = Call(entrypoint="GRPC", api=_API.get(name), method=name,
+                  model=_model_name(request))
+      with metrics.observe(call):
+        return await invoke(request, context, call)
     except ServingError as e:
       text = clip(e.message, MAX_MESSAGE_CHARS)
       log.info("%s failed: %s: %s", name, e.code_name, clip(text, 300))
@@ -82,33 +104,35 @@ def _handler(name: str, request_cls: type[message.Message],
       response_serializer=response_cls.SerializeToString)
 
 
-def _services(core: Core) -> list[grpc.GenericRpcHandler]:
+def _services(prediction_service: PredictionService, model_service: ModelService,
+              metrics: Metrics) -> list[grpc.GenericRpcHandler]:
+  ps, ms = prediction_service, model_service
   prediction = {
       "Predict": (predict_pb2.PredictRequest, predict_pb2.PredictResponse,
-                  lambda r, c: core.predict(r, api="grpc", deadline=_deadline(c))),
+                  lambda r, c, call: ps.predict(r, deadline=_deadline(c), call=call)),
       "Classify": (classification_pb2.ClassificationRequest,
                    classification_pb2.ClassificationResponse,
-                   lambda r, c: core.classify(r, api="grpc", deadline=_deadline(c))),
+                   lambda r, c, call: ps.classify(r, deadline=_deadline(c), call=call)),
       "Regress": (regression_pb2.RegressionRequest, regression_pb2.RegressionResponse,
-                  lambda r, c: core.regress(r, api="grpc", deadline=_deadline(c))),
+                  lambda r, c, call: ps.regress(r, deadline=_deadline(c), call=call)),
       "MultiInference": (inference_pb2.MultiInferenceRequest,
                          inference_pb2.MultiInferenceResponse,
-                         lambda r, c: core.multi_inference(r, api="grpc",
-                                                           deadline=_deadline(c))),
+                         lambda r, c, call: ps.multi_inference(r, deadline=_deadline(c),
+                                                               call=call)),
       "GetModelMetadata": (get_model_metadata_pb2.GetModelMetadataRequest,
                            get_model_metadata_pb2.GetModelMetadataResponse,
-                           lambda r, c: core.metadata(r, api="grpc")),
+                           lambda r, c, call: ps.metadata(r, call=call)),
   }
   model = {
       "GetModelStatus": (get_model_status_pb2.GetModelStatusRequest,
                          get_model_status_pb2.GetModelStatusResponse,
-                         lambda r, c: core.status(r, api="grpc")),
+                         lambda r, c, call: ms.status(r)),
       "HandleReloadConfigRequest": (model_management_pb2.ReloadConfigRequest,
                                     model_management_pb2.ReloadConfigResponse,
-                                    lambda r, c: core.reload(r)),
+                                    lambda r, c, call: ms.reload(r)),
   }
   return [grpc.method_handlers_generic_handler(
-      service, {name: _handler(name, *spec) for name, spec in methods.items()})
+      service, {name: _handler(name, *spec, metrics) for name, spec in methods.items()})
       for service, methods in (("tensorflow.serving.PredictionService", prediction),
                                ("tensorflow.serving.ModelService", model))]
 
@@ -124,7 +148,7 @@ def parse_channel_arguments(text: str) -> list[tuple[str, int | str]]:
   return out
 
 
-class Server:
+class GrpcServer:
   """A started grpc.aio server and the thread running its event loop."""
 
   def __init__(self, loop: asyncio.AbstractEventLoop, server: grpc.aio.Server,
@@ -138,9 +162,10 @@ class Server:
     self._thread.join(timeout=5)
 
 
-def start(core: Core, *, bind: str, port: int, socket_path: str, channel_arguments: str,
+def start(prediction_service: PredictionService, model_service: ModelService,
+          metrics: Metrics, *, bind: str, port: int, socket_path: str, channel_arguments: str,
           health_service: bool = True, credentials: grpc.ServerCredentials | None = None
-          ) -> tuple[Server, int | None]:
+          ) -> tuple[GrpcServer, int | None]:
   """A started server and its bound TCP port (None when `port` is 0).
   `credentials` (TLS, from --ssl_config_file) apply to the TCP port and the
   UNIX socket alike, as in server.cc; None serves plaintext."""
@@ -155,7 +180,7 @@ def start(core: Core, *, bind: str, port: int, socket_path: str, channel_argumen
 
   async def build() -> tuple[grpc.aio.Server, int | None]:
     server = grpc.aio.server(options=list(options.items()))
-    server.add_generic_rpc_handlers(_services(core))
+    server.add_generic_rpc_handlers(_services(prediction_service, model_service, metrics))
     add_port = (server.add_insecure_port if credentials is None
                 else lambda address: server.add_secure_port(address, credentials))
     if health_service:
@@ -183,4 +208,4 @@ def start(core: Core, *, bind: str, port: int, socket_path: str, channel_argumen
     loop.call_soon_threadsafe(loop.stop)
     thread.join(timeout=5)
     raise
-  return Server(loop, server, thread), bound
+  return GrpcServer(loop, server, thread), bound

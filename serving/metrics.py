@@ -5,8 +5,10 @@ so TF Serving's metrics keep its names (its exporter turns "/" into ":"),
 labels, units (microseconds) and semantics:
 
 - `:tensorflow:serving:request_count{model_name,status}`: Predict, Classify
-  and Regress over gRPC and REST, plus REST's model status/metadata GETs
-  (prediction_service_impl.cc, http_server.cc);
+  and Regress over gRPC, and every /v1 request over REST (model
+  status/metadata GETs and requests refused before the model included),
+  recorded by the front ends as prediction_service_impl.cc and
+  http_server.cc record them (see Call);
 - `:tensorflow:serving:request_latency{model_name,API,entrypoint}`: the same
   calls, successful ones only; API is "Predict"/"Classify"/"Regress" on gRPC
   and the lowercase URL verb on REST ("" for GETs);
@@ -19,17 +21,23 @@ labels, units (microseconds) and semantics:
 
 TF Serving has no per-version request metrics; an A/B comparison needs them,
 so `:embedded_serving:request_count` / `:embedded_serving:request_latency`
-add `model_version` and `signature_name` and count every call (embedded
-server only).  The text format is written by hand: a few lines, not worth a
+add `model_version` and `signature_name` and count every call that
+reached a service about a version (embedded server only).  The text format is written by hand: a few lines, not worth a
 dependency.
 """
 
 from __future__ import annotations
 
+import asyncio
 import bisect
+import contextlib
+import dataclasses
 import math
 import threading
-from typing import Iterable, Sequence
+import time
+from typing import Iterable, Iterator, Sequence
+
+from serving.errors import ServingError
 
 
 def exponential_buckets(scale: float, growth: float, count: int) -> tuple[float, ...]:
@@ -38,7 +46,33 @@ def exponential_buckets(scale: float, growth: float, count: int) -> tuple[float,
 
 
 LATENCY_BUCKETS_US = exponential_buckets(10, 1.8, 33)
+_ABOUT_NO_VERSION = ("GetModelStatus", "HandleReloadConfigRequest")
 BATCH_BUCKETS = tuple(float(2**i) for i in range(14))
+
+
+@dataclasses.dataclass
+class Call:
+  """One request as the request metrics see it.  The front end that took it
+  fills in where it came from and which API it is; the service fills in the
+  version and signature it resolved, so that a failed call is counted on
+  its version too.
+
+  `entrypoint`: "GRPC" or "REST", TF Serving's entrypoint label.
+  `api`: TF Serving's API label, or None for the calls TF Serving keeps no
+  request metrics for (gRPC GetModelMetadata, GetModelStatus,
+  MultiInference, HandleReloadConfigRequest).
+  `method`: the service method that handled the call ("Predict",
+  "GetModelMetadata", ...), the per-version metrics' API label; "" when no
+  service was reached (a REST request refused while being parsed).  The
+  per-version metrics leave out calls about no version: model status polls
+  and config reloads.
+  """
+  entrypoint: str = ""
+  api: str | None = None
+  method: str = ""
+  model: str = ""
+  version: int | None = None
+  signature: str = ""
 
 
 class _Family:
@@ -169,22 +203,39 @@ class Metrics:
                  self.wrapped_run_count, self.load_attempt_count, self.load_latency,
                  self.version_request_count, self.version_request_latency]
 
-  def record_request(self, *, model: str, version: int | None, signature: str, method: str,
-                     entrypoint: str, status: str, latency_us: float,
-                     tf_api: str | None, per_version: bool = True) -> None:
-    """One handled call.  `tf_api`: TF Serving's API label, or None for the
-    calls TF Serving keeps no request metrics for; `method` ("Predict",
-    "GetModelMetadata", ...) labels the per-version metrics, which leave
-    out calls about no version (`per_version` False: model status polls)."""
-    if tf_api is not None:
-      self.request_count.inc(model, status)
+  def record_request(self, call: Call, status: str, latency_us: float) -> None:
+    """One handled call, as its front end saw it (see Call)."""
+    if call.api is not None:
+      self.request_count.inc(call.model, status)
       if status == "OK":
-        self.request_latency.observe(latency_us, model, tf_api, entrypoint)
-    if not per_version:
+        self.request_latency.observe(latency_us, call.model, call.api, call.entrypoint)
+    if not call.method or call.method in _ABOUT_NO_VERSION:
       return
-    v = "" if version is None else version
-    self.version_request_count.inc(model, v, signature, method, entrypoint, status)
-    self.version_request_latency.observe(latency_us, model, v, signature, method, entrypoint)
+    v = "" if call.version is None else call.version
+    labels = (call.model, v, call.signature, call.method, call.entrypoint)
+    self.version_request_count.inc(*labels, status)
+    self.version_request_latency.observe(latency_us, *labels)
+
+  @contextlib.contextmanager
+  def observe(self, call: Call) -> Iterator[Call]:
+    """Times the block and records `call` with the status it ends in: a
+    ServingError's code, CANCELLED when the client went away, INTERNAL for
+    anything else (the exception propagates)."""
+    started = time.perf_counter()
+    status = "OK"
+    try:
+      yield call
+    except ServingError as e:
+      status = e.code_name
+      raise
+    except asyncio.CancelledError:
+      status = "CANCELLED"
+      raise
+    except Exception:
+      status = "INTERNAL"
+      raise
+    finally:
+      self.record_request(call, status, (time.perf_counter() - started) * 1e6)
 
   def record_batch(self, *, inputs: int, padded: int) -> None:
     """One batch run on the wrapped session (batching_session.cc)."""

@@ -4,9 +4,12 @@ aiohttp parses HTTP (chunked and gzip request bodies included, so no byte
 of one request is ever read as the next); this module only routes, as
 TF Serving's http_server.cc and http_rest_api_handler.cc do: the URL
 grammar of http_rest_api_util.cc, the body turned into the request proto
-by serving.rest_json, one call to the core's public async entry, the
-response proto written back as JSON, and the status code from
-errors.ServingError (http_server.cc: ToHTTPStatusCode).
+by serving.rest_json, one call to a service (services.py), the response
+proto written back as JSON, and the status code from errors.ServingError
+(http_server.cc: ToHTTPStatusCode).  As http_server.cc, it records every
+/v1 request it processes in request_count (by model and status, also those
+refused before reaching a model) and the successful ones in
+request_latency, under the URL verb as the API label ("" for GETs).
 
 Connections wait on an event loop of their own thread, so an idle or slow
 client holds no thread: the listen backlog is large, and a connection
@@ -20,7 +23,6 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import dataclasses
 import functools
 import logging
 import re
@@ -39,8 +41,9 @@ from tensorflow_serving.apis import (classification_pb2, get_model_metadata_pb2,
                                      regression_pb2)
 
 from serving import rest_json, tensors
-from serving.core import Core
 from serving.errors import Code, ServingError, invalid_argument
+from serving.metrics import Call, Metrics
+from serving.services import ModelService, PredictionService
 
 log = logging.getLogger("serving")
 
@@ -64,10 +67,13 @@ _CORS_HEADERS = {"Access-Control-Allow-Origin": "*",            # http_rest_api_
 class RestServer:
   """The aiohttp server, the thread running its event loop, and routing."""
 
-  def __init__(self, core: Core, *, bind: str, port: int, num_threads: int, timeout_ms: int,
+  def __init__(self, prediction_service: PredictionService, model_service: ModelService,
+               metrics: Metrics, *, bind: str, port: int, num_threads: int, timeout_ms: int,
                max_body_bytes: int, prometheus_path: str | None, cors: bool = False,
                ssl_context: ssl.SSLContext | None = None):
-    self.core = core
+    self.prediction_service = prediction_service
+    self.model_service = model_service
+    self.metrics = metrics
     self.timeout_s = timeout_ms / 1000 if timeout_ms > 0 else None
     self.max_body_bytes = max_body_bytes
     self.prometheus_path = prometheus_path
@@ -148,15 +154,20 @@ class RestServer:
       response = self._error(request, e.error, status=e.status)
       response.force_close()
       return response
-    call = _Call()
+    return await self._answer(request, uri, body, deadline)
+
+  async def _answer(self, request: web.BaseRequest, uri: str, body: bytes,
+                    deadline: float | None) -> web.Response:
+    """http_server.cc ProcessRequest after the body is read: the request is
+    processed and recorded, whatever its outcome."""
+    call = Call(entrypoint="REST", api="")
     try:
-      if request.method == "OPTIONS":
-        output = self._preflight(request)
-      else:
-        output = await self._process(call, request.method, uri, body, deadline)
+      with self.metrics.observe(call):
+        if request.method == "OPTIONS":
+          output = self._preflight(request)
+        else:
+          output = await self._process(call, request.method, uri, body, deadline)
     except ServingError as e:
-      if not call.counted:
-        self._count_failure(call, e, started)
       return self._error(request, e)
     except Exception as e:  # noqa: BLE001  (a bug must cost one request, not the server)
       log.exception("REST %s %s: internal error", request.method, tensors.clip(uri))
@@ -187,7 +198,7 @@ class RestServer:
       return b""
     raise ServingError(Code.FAILED_PRECONDITION, "Origin header is missing in CORS preflight")
 
-  async def _process(self, call: "_Call", method: str, uri: str, body: bytes,
+  async def _process(self, call: Call, method: str, uri: str, body: bytes,
                      deadline: float | None) -> bytes:
     """http_rest_api_handler.cc: ProcessRequest."""
     malformed = invalid_argument(f"Malformed request: {method} {tensors.clip(uri)}")
@@ -196,27 +207,30 @@ class RestServer:
       if match is None:
         raise malformed
       spec = _model_spec(*match.groups()[:3])
-      call.model, call.verb = spec.name, match[4]
-      if call.verb == "predict":
+      call.model, call.api = spec.name, match[4]
+      if call.api == "predict":
         request = predict_pb2.PredictRequest(model_spec=spec)
         may_have_bools = b"true" in body or b"false" in body
         fmt = await self._in_pool(lambda: rest_json.fill_predict_request(
             rest_json.parse(body), functools.partial(self._signature_inputs, spec), request,
             may_have_bools=may_have_bools))
-        call.counted = True  # the core counts every outcome from here on
-        response = await self.core.predict(request, api="rest", deadline=deadline)
+        call.method = "Predict"
+        response = await self.prediction_service.predict(request, deadline=deadline,
+                                                         call=call)
         return await self._in_pool(lambda: rest_json.predict_response(response, fmt))
-      if call.verb in ("classify", "regress"):
-        classify = call.verb == "classify"
+      if call.api in ("classify", "regress"):
+        classify = call.api == "classify"
         request = (classification_pb2.ClassificationRequest if classify
                    else regression_pb2.RegressionRequest)(model_spec=spec)
         await self._in_pool(lambda: rest_json.fill_example_request(rest_json.parse(body),
                                                                    request))
-        call.counted = True
         if classify:
-          response = await self.core.classify(request, api="rest", deadline=deadline)
+          call.method = "Classify"
+          response = await self.prediction_service.classify(request, deadline=deadline,
+                                                            call=call)
           return rest_json.classification_response(response.result)
-        response = await self.core.regress(request, api="rest", deadline=deadline)
+        call.method = "Regress"
+        response = await self.prediction_service.regress(request, deadline=deadline, call=call)
         return rest_json.regression_response(response.result)
       raise malformed  # e.g. ":PREDICT": the regex ignores case, the dispatch does not
     if method == "GET":
@@ -227,29 +241,23 @@ class RestServer:
       call.model = spec.name
       if not spec.name:
         raise invalid_argument("Missing model name in request.")
-      call.counted = True
       if match[4]:
-        response = await self.core.metadata(get_model_metadata_pb2.GetModelMetadataRequest(
-            model_spec=spec, metadata_field=["signature_def"]), api="rest")
+        call.method = "GetModelMetadata"
+        response = await self.prediction_service.metadata(
+            get_model_metadata_pb2.GetModelMetadataRequest(
+                model_spec=spec, metadata_field=["signature_def"]), call=call)
         return rest_json.metadata_response(response)
-      response = await self.core.status(
-          get_model_status_pb2.GetModelStatusRequest(model_spec=spec), api="rest")
+      call.method = "GetModelStatus"
+      response = await self.model_service.status(
+          get_model_status_pb2.GetModelStatusRequest(model_spec=spec))
       return rest_json.status_response(response)
     raise malformed
-
-  def _count_failure(self, call: "_Call", error: ServingError, started: float) -> None:
-    """http_server.cc counts every /v1 request by model and status, also
-    those that fail before reaching the model (bad URL or JSON)."""
-    self.core.metrics.record_request(
-        model=call.model, version=None, signature="", method="", entrypoint="REST",
-        status=error.code_name, tf_api=call.verb, per_version=False,
-        latency_us=(time.monotonic() - started) * 1e6)
 
   def _signature_inputs(self, spec: model_pb2.ModelSpec,
                         signature_name: str) -> dict[str, meta_graph_pb2.TensorInfo]:
     """http_rest_api_handler.cc: GetInfoMap."""
     key = signature_name or "serving_default"
-    signature = self.core.signature_defs(spec).get(key)
+    signature = self.prediction_service.signature_defs(spec).get(key)
     if signature is None:
       raise invalid_argument(f"Serving signature name: \"{tensors.clip(key)}\" not "
                              "found in signature def")
@@ -265,7 +273,7 @@ class RestServer:
     if uri != self.prometheus_path:
       text = f"Unexpected path: {tensors.clip(uri)}. Should be {self.prometheus_path}"
       return web.Response(status=400, text=text, content_type="text/plain")
-    return web.Response(text=self.core.metrics.prometheus_text(), content_type="text/plain")
+    return web.Response(text=self.metrics.prometheus_text(), content_type="text/plain")
 
   def _error(self, request: web.BaseRequest, error: ServingError,
              status: int | None = None) -> web.Response:
@@ -303,14 +311,6 @@ class _ClientFaultLog(logging.LoggerAdapter):
       self.logger.info(f"REST {msg}: %s", *args, _fault_text(error))
     else:
       self.logger.error(msg, *args, exc_info=exc_info, **kwargs)
-
-
-@dataclasses.dataclass
-class _Call:
-  """What routing learned about a request, for the failure count."""
-  model: str = ""
-  verb: str = ""
-  counted: bool = False
 
 
 class _BodyError(Exception):

@@ -11,7 +11,7 @@ from tensorflow.core.framework import types_pb2
 from clients import prometheus
 from serving import tensors
 from serving.errors import ServingError
-from serving.metrics import Metrics
+from serving.metrics import Call, Metrics
 from serving.rollout import compare
 
 FLOAT = types_pb2.DT_FLOAT
@@ -44,13 +44,12 @@ def test_tensor_protos_tf_would_not_parse_are_invalid_argument():
 
 def test_prometheus_text_follows_tf_serving():
   m = Metrics()
-  m.record_request(model="m", version=1, signature="s", method="Predict", entrypoint="GRPC",
-                   status="OK", latency_us=100, tf_api="Predict")
-  m.record_request(model="m", version=2, signature="s", method="Predict", entrypoint="REST",
-                   status="INVALID_ARGUMENT", latency_us=300, tf_api="predict")
-  m.record_request(model="m", version=2, signature="", method="GetModelStatus",
-                   entrypoint="GRPC", status="OK", latency_us=50, tf_api=None,
-                   per_version=False)
+  m.record_request(Call(entrypoint="GRPC", api="Predict", method="Predict", model="m",
+                        version=1, signature="s"), "OK", 100)
+  m.record_request(Call(entrypoint="REST", api="predict", method="Predict", model="m",
+                        version=2, signature="s"), "INVALID_ARGUMENT", 300)
+  m.record_request(Call(entrypoint="GRPC", api=None, method="GetModelStatus", model="m",
+                        version=2), "OK", 50)
   m.record_load("/models/m/1", True, 1.5)
   m.record_load("/models/m/2", False, 0.1)
   text = m.prometheus_text()

@@ -1,4 +1,6 @@
-"""TF Serving's model lifecycle: which versions are loaded, and when.
+"""TF Serving's ServerCore (server_core.cc): the models a config names,
+which of their versions are loaded and when, their labels, and the
+ModelSpec -> servable lookup every request starts with.
 
 For each configured model the repository `<base_path>/<integer version>/` is
 polled; the version policy (latest N, all, specific) picks the aspired
@@ -11,6 +13,12 @@ point at AVAILABLE versions unless allowed otherwise; config reloads (from
 the file or HandleReloadConfigRequest) add, change and remove models.
 Directories that are not integers (an exporter's `.tmp-123`) are ignored; a
 base path that cannot be read (an NFS blip, a directory swap) changes nothing.
+
+How a version is loaded and warmed up is not decided here: the loader
+(Servable.load) and the warmup (warmup.replay, which runs the records
+through the request path) are given at construction, as TF Serving's
+ServerCore is given its source adapters.  The --model_config_file poller
+(ConfigFilePoller) applies a changed file through reload_config.
 """
 
 from __future__ import annotations
@@ -23,12 +31,16 @@ import time
 from pathlib import Path
 from typing import Callable
 
+from google.protobuf import text_format
+from tensorflow_serving.apis import model_pb2
 from tensorflow_serving.config import model_server_config_pb2
 
+from serving import config as config_files
 from serving.errors import (Code, ServingError, failed_precondition, invalid_argument,
                             not_found, unavailable)
 from serving.metrics import Metrics
 from serving.servable import Servable
+from serving.tensors import clip
 
 log = logging.getLogger("serving")
 
@@ -57,29 +69,34 @@ class Model:
 
 @dataclasses.dataclass(frozen=True)
 class LoadOptions:
+  """How versions are loaded (main.cc flags; the defaults are theirs)."""
   tags: tuple[str, ...] = ("serve",)
-  warmup: bool = True
-  warmup_iterations: int = 1
   max_load_retries: int = 5
   load_retry_interval_s: float = 60.0
   allow_labels_for_unavailable: bool = False
 
 
-class ModelManager:
+Loader = Callable[[str, int, Path, tuple[str, ...]], Servable]
+
+
+class ServerCore:
   """Thread-safe: requests resolve servables while polls load and unload."""
 
   # How often a reload (or start-up) that waits for new models polls their
   # repositories: a model whose base path does not exist yet is waited for.
   AWAIT_POLL_S = 1.0
 
-  def __init__(self, options: LoadOptions = LoadOptions(),
-               loader: Callable[..., Servable] = Servable.load, metrics: Metrics | None = None):
+  def __init__(self, options: LoadOptions = LoadOptions(), *,
+               loader: Loader = Servable.load,
+               warmup: Callable[[Servable], int] | None = None,
+               metrics: Metrics | None = None):
+    """`loader`: (name, version, path, tags) -> a loaded Servable.  `warmup`
+    replays a new version's warmup records before it becomes AVAILABLE and
+    returns how many it read (None: --enable_model_warmup=false)."""
     self.options = options
     self._loader = loader
+    self._warmup = warmup
     self._metrics = metrics
-    # Replays a version's warmup records, (servable, iterations) -> records;
-    # set by the Core, whose request path the records go through.
-    self.warmup: Callable[[Servable, int], int] | None = None
     self._lock = threading.RLock()        # guards _models (cheap, held briefly)
     self._work = threading.Lock()         # serializes loads/unloads
     self._reload = threading.Lock()       # serializes config changes (config_mu_)
@@ -90,7 +107,7 @@ class ModelManager:
 
   # ----------------------------------------------------------- configuration
 
-  def apply_config(self, config: model_server_config_pb2.ModelServerConfig) -> None:
+  def reload_config(self, config: model_server_config_pb2.ModelServerConfig) -> None:
     """Makes `config` current as ServerCore::ReloadConfig does (server_core.cc).
 
     The version labels are checked against the versions AVAILABLE now, before
@@ -304,8 +321,8 @@ class ModelManager:
     started = time.monotonic()
     try:
       servable = self._load_saved_model(name, version, path)
-      if self.options.warmup and self.warmup is not None:
-        n = self.warmup(servable, self.options.warmup_iterations)
+      if self._warmup is not None:
+        n = self._warmup(servable)
         if n:
           log.info("Finished reading warmup data for model at %s. Number of warmup records "
                    "read: %d.", path, n)
@@ -349,9 +366,18 @@ class ModelManager:
 
   # ----------------------------------------------------------------- requests
 
-  def resolve(self, name: str, version: int | None = None, label: str = "") -> Servable:
-    """The servable a ModelSpec asks for, or TF Serving's NOT_FOUND /
-    INVALID_ARGUMENT."""
+  def servable(self, spec: model_pb2.ModelSpec) -> Servable:
+    """The servable a ModelSpec asks for (ServableRequestFromModelSpec, then
+    the manager's lookup), or TF Serving's NOT_FOUND / INVALID_ARGUMENT."""
+    if not spec.name:
+      raise invalid_argument("ModelSpec has no name specified.")
+    version = spec.version.value if spec.HasField("version") else None
+    try:
+      return self._lookup(spec.name, version, spec.version_label)
+    except ServingError as e:          # messages quote the client's names
+      raise ServingError(e.code, clip(e.message, 1000)) from None
+
+  def _lookup(self, name: str, version: int | None, label: str) -> Servable:
     with self._lock:
       model = self._models.get(name)
       if label:
@@ -390,5 +416,70 @@ def _label_version(model: Model | None, label: str) -> int:
   return model.labels[label]
 
 
-__all__ = ["AVAILABLE", "END", "LOADING", "LoadOptions", "ModelManager", "START",
-           "UNLOADING", "VersionState"]
+class ConfigFilePoller:
+  """Re-reads --model_config_file and applies it when its text changed.
+
+  As Server::PollFilesystemAndReloadConfig (server.cc): a file that does not
+  parse (an editor mid-write) changes nothing, and an empty file is taken as
+  "no action" (ServerCore::ReloadConfig), not as "unload everything".  A text
+  counts as seen only once it applied, so an edit that fails (a label on a
+  version that is not loaded yet) is tried again at the next poll; its error
+  is logged once per change of text, not at every poll.
+  """
+
+  def __init__(self, path: str):
+    """Made before start-up reads the file: the text read now is the one
+    start-up applies."""
+    self.path = path
+    self.applied = _read(path)
+    self.reported: tuple[str | None, str] | None = None
+
+  def step(self, core: ServerCore) -> None:
+    """One poll: read the file, and apply it to `core` if its text changed."""
+    text = _read(self.path)
+    if text == self.applied:
+      self.reported = None         # back to what runs: report the next change again
+      return
+    if text is None:
+      self._report(text, f"Failed to read ModelServerConfig file: {self.path}: cannot read it",
+                   logging.ERROR)
+      return
+    server_config = model_server_config_pb2.ModelServerConfig()
+    try:
+      text_format.Parse(text, server_config)
+    except text_format.ParseError as e:
+      self._report(text, f"Failed to read ModelServerConfig file: {self.path}: {e}",
+                   logging.ERROR)
+      return
+    if server_config.WhichOneof("config") is None:
+      self._report(text, "Taking no action for empty config.", logging.INFO)
+      return
+    try:
+      config_files.validate_model_server_config(server_config, self.path)
+      if self.reported is None or self.reported[0] != text:   # not a retry
+        log.info("Reloading model config from %s", self.path)
+      core.reload_config(server_config)
+    except ServingError as e:
+      self._report(text, f"PollFilesystemAndReloadConfig failed to ReloadConfig: {e}",
+                   logging.ERROR)
+      return
+    self.applied, self.reported = text, None
+
+  def _report(self, text: str | None, message: str, level: int) -> None:
+    if self.reported != (text, message):
+      log.log(level, "%s", message)
+      self.reported = (text, message)
+
+
+def _read(path: str) -> str | None:
+  if not path:
+    return None
+  try:
+    with open(path) as f:
+      return f.read()
+  except OSError:
+    return None
+
+
+__all__ = ["AVAILABLE", "END", "ConfigFilePoller", "LOADING", "LoadOptions", "Loader", "START",
+           "ServerCore", "UNLOADING", "VersionState"]
