@@ -72,9 +72,9 @@ def _model_name(request: Any) -> str:
   return "" if spec is None else spec.name
 
 
-# method -> TF Serving's API label; the methods it keeps no request metrics
-# for are absent (prediction_service_impl.cc, model_service_impl.cc).
-_API = {"Predict": "Predict", "Classify": "Classify", "Regress": "Regress"}
+# The methods TF Serving keeps request metrics for, under their own names as
+# the API label (prediction_service_impl.cc); the others have none.
+_WITH_REQUEST_METRICS = ("Predict", "Classify", "Regress")
 
 Invoke = Callable[[Any, grpc.aio.ServicerContext, Call], Any]
 
@@ -87,8 +87,8 @@ def _handler(name: str, request_cls: type[message.Message],
       if isinstance(request, _Malformed):
         raise invalid_argument(f"Could not parse the {request_cls.DESCRIPTOR.name}: "
                                f"{clip(str(request.error) or type(request.error).__name__)}")
-      call = Call(entrypoint="GRPC", api=_API.get(name), method=name,
-                  model=_model_name(request))
+      call = Call(entrypoint="GRPC", api=name if name in _WITH_REQUEST_METRICS else None,
+                  method=name, model=_model_name(request))
       with metrics.observe(call):
         return await invoke(request, context, call)
     except ServingError as e:

@@ -6,7 +6,7 @@ output aliases, signature outputs that fit the API) and nothing more, since
 the graph enforces shapes itself.
 
 Every function takes `run`, the Session::Run to use (the batcher's or the
-servable's own), so that the core alone decides how a request executes.
+servable's own, from runner.py), so that one place decides how a request executes.
 """
 
 from __future__ import annotations

@@ -357,7 +357,7 @@ def test_config_file_poller(tmp_path, caplog):
 
 # ---------------------------------------------------- real SavedModels
 
-def test_real_loads_are_counted_and_warmed_up(tmp_path):
+def test_real_loads_are_counted_and_warmed_up(tmp_path, caplog):
   """Servable.load on the tiny models: a load attempt is counted as TF's
   loader counts it, the warmup runs before the version is AVAILABLE, and a
   file that is no SavedModel fails its version only."""
@@ -374,10 +374,13 @@ def test_real_loads_are_counted_and_warmed_up(tmp_path):
 
   core = ServerCore(LoadOptions(max_load_retries=0), loader=Servable.load, warmup=warmup,
                     metrics=metrics)
-  core.reload_config(_config(tmp_path, "live", policy="1"))
-  core.reload_config(_config(tmp_path, "live", policy="1,2"))
-  _wait(lambda: _states(core).get(2) == END)
+  with caplog.at_level(logging.INFO, logger="serving"):
+    core.reload_config(_config(tmp_path, "live", policy="1"))
+    core.reload_config(_config(tmp_path, "live", policy="1,2"))
+    _wait(lambda: _states(core).get(2) == END)
   assert warmed == [1] and core.servable(_spec()).version == 1
+  assert "Finished reading warmup data for model at" in caplog.text
+  assert "Loading servable: {name: live version: 2} failed" in caplog.text
   attempts = metrics.load_attempt_count.values()
   assert attempts[(str(tmp_path / "live" / "1"), "success")] == 1
   assert attempts[(str(tmp_path / "live" / "2"), "fail")] == 1
