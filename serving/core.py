@@ -34,7 +34,7 @@ from tensorflow_serving.apis import (classification_pb2, get_model_metadata_pb2,
 from tensorflow_serving.config import model_server_config_pb2
 
 from serving import inference, tensors
-from serving.batching import Batcher
+from serving.batching import Batcher, warn_unwarmed
 from serving.config import BatchingOptions, validate_model_server_config
 from serving.errors import ServingError, deadline_exceeded, invalid_argument
 from serving.metrics import Metrics
@@ -182,6 +182,7 @@ class Core:
 
     As in TF Serving (saved_model_warmup_util.cc) warmup requests run on the
     servable directly and are not counted as requests."""
+    warn_unwarmed(servable, servable.batching if self._per_model else self._batching)
     path = servable.path / WARMUP_FILE
     if not path.exists():
       return 0
