@@ -53,6 +53,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
   p.add_argument("--shipped", type=Path, default=SHIPPED, metavar="FILE",
                  help="the batching configuration to beat, always measured "
                       "(default serving/config/batching_parameters.config)")
+  p.add_argument("--write-warmup", action="store_true",
+                 help="when the served version does not warm every batch size the chosen "
+                      "configuration runs, publish a copy of it as a new version that does "
+                      "(python -m export.rewarm; needs the [export] extra)")
   p.add_argument("--short-s", type=positive_float, default=1.0,
                  help="seconds per level in the short rung (default 1)")
   p.add_argument("--long-s", type=positive_float, default=3.0,
@@ -87,6 +91,7 @@ def main(argv: list[str] | None = None) -> int:
   def progress(used: float, what: str) -> None:
     if not bars:
       bars.append(tqdm(total=round(args.budget_s), unit="s", desc="tuning", file=sys.stderr,
+                       leave=False,
                        bar_format="{desc}: {percentage:3.0f}%|{bar}| {n:.0f}/{total} s "
                                   "{postfix}"))
     bars[0].n = min(round(used), bars[0].total)
@@ -119,6 +124,22 @@ def main(argv: list[str] | None = None) -> int:
       if missing else "; all warmed"))
   for path in files:
     print(path)
+  if args.write_warmup and missing:
+    return _rewarm(result["version_dir"], result["warmup"]["needs"])
+  return 0
+
+
+def _rewarm(version_dir: str, sizes: list[int]) -> int:
+  """export.rewarm in its own process: it needs TensorFlow, the tuner does not."""
+  import subprocess
+  done = subprocess.run([sys.executable, "-m", "export.rewarm", version_dir,
+                         "--batch-sizes", ",".join(map(str, sizes))], cwd=ROOT,
+                        capture_output=True, text=True)
+  if done.returncode != 0:
+    print(f"vit-tune: error: {done.stderr.strip().splitlines()[-1]}", file=sys.stderr)
+    return 2
+  print(f"warmup: published {done.stdout.strip()} (a copy of {version_dir} warming "
+        f"{','.join(map(str, sizes))})")
   return 0
 
 

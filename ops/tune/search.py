@@ -48,15 +48,19 @@ class Candidate:
 
   @property
   def key(self) -> tuple:
-    """Identity, regardless of where the candidate came from."""
-    return dataclasses.astuple(dataclasses.replace(self, source=""))
+    """Identity: what decides how requests are batched. The queue bound only
+    decides when requests are refused, so a candidate differing from another
+    in it alone is not measured again."""
+    return (self.max_batch_size, self.batch_timeout_micros, self.num_batch_threads,
+            self.allowed_batch_sizes)
 
   @property
   def name(self) -> str:
     if self.off:
       return "batching off"
     return (f"max {self.max_batch_size}, timeout {self.batch_timeout_micros} us, "
-            f"{self.num_batch_threads} thread{'s' * (self.num_batch_threads != 1)}")
+            f"{self.num_batch_threads} thread{'s' * (self.num_batch_threads != 1)}"
+            + (" (shipped)" if self.source == "shipped" else ""))
 
   def text_proto(self) -> str:
     """The BatchingParameters text proto (TF Serving's field names)."""
@@ -114,7 +118,7 @@ def coarse(max_concurrency: int, shipped: Candidate | None) -> list[Candidate]:
   for size in sizes:
     for timeout in (0, 2000):
       found.append(make(size, timeout, 2, max_concurrency))
-  return _unique(found)
+  return unique(found)
 
 
 def neighbours(best: Candidate, max_concurrency: int) -> list[Candidate]:
@@ -131,7 +135,7 @@ def neighbours(best: Candidate, max_concurrency: int) -> list[Candidate]:
   thread = _index(THREADS, n)
   found += [make(m, t, THREADS[i], max_concurrency)
             for i in (thread - 1, thread + 1) if 0 <= i < len(THREADS)]
-  return _unique(found)
+  return unique(found)
 
 
 def _index(values: Sequence[int], value: int) -> int:
@@ -139,7 +143,7 @@ def _index(values: Sequence[int], value: int) -> int:
   return min(range(len(values)), key=lambda i: abs(values[i] - value))
 
 
-def _unique(candidates: Iterable[Candidate]) -> list[Candidate]:
+def unique(candidates: Iterable[Candidate]) -> list[Candidate]:
   seen, out = set(), []
   for c in candidates:
     if c.key not in seen:

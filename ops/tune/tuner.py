@@ -27,6 +27,7 @@ from ops.tune.search import Candidate
 
 FINALISTS = 3          # long-rung measurements besides the shipped configuration
 GUESS_START_S = 20.0   # server start cost assumed until the first start is timed
+LONG_SHARE = 0.4       # at most this part of the budget is held back for the long rung
 
 
 class TuneError(Exception):
@@ -147,7 +148,9 @@ class Tuner:
 
   def _search(self, shipped: Candidate | None) -> None:
     cmax = max(self.s.levels)
-    reserve = lambda: (FINALISTS + (shipped is not None)) * self._cost(self.s.long_s)  # noqa: E731
+    def reserve() -> float:      # the long rung's share: all finalists, or 40% of the budget
+      return min((FINALISTS + (shipped is not None)) * self._cost(self.s.long_s),
+                 LONG_SHARE * self.s.budget_s)
     tried: set[tuple] = set()
 
     def short(candidate: Candidate) -> None:
@@ -168,7 +171,7 @@ class Tuner:
         break
     ranked = [r.candidate for r in self._ranking("short")]
     finalists = ranked[:1] + ([shipped] if shipped is not None else []) + ranked[1:FINALISTS]
-    for candidate in search._unique(finalists):
+    for candidate in search.unique(finalists):
       if self._fits("long"):
         self._measure(candidate, "long")
 
