@@ -72,7 +72,7 @@ class Server:
       batching_file = workdir / "batching_parameters.txt"
       batching_file.write_text(candidate.text_proto())
       flags = f"--enable_batching=true --batching_parameters_file={shlex.quote(str(batching_file))}"
-    self.command = template.format(
+    self.command = template.replace("\n", " ").format(     # a template may span lines
         grpc_port=self.grpc_port, rest_port=self.rest_port, batching_flags=flags,
         model_config=shlex.quote(str(model_config)), workdir=shlex.quote(str(workdir)),
         monitoring_config=shlex.quote(str(monitoring)), python=shlex.quote(sys.executable))

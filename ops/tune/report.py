@@ -81,17 +81,26 @@ def plot(report: dict, path: Path) -> None:
   target = report["target"]["p99_ms"]
   figure, axes = pyplot.subplots(figsize=(7.5, 4.6))
   points = []
+  short_labelled = long_labelled = False
   for result in report["candidates"]:
     levels = result["levels"]
     if not levels:
       continue
     xs, ys = [lv["p99_ms"] for lv in levels], [lv["throughput"] for lv in levels]
     points += zip(xs, ys)
-    style = {"linewidth": 0.8, "alpha": 0.45, "marker": ".", "color": "grey"}
+    if result["rung"] != report["decided_on"]:       # the short rung: points only
+      axes.plot(xs, ys, ".", color="grey", alpha=0.5,
+                label=None if short_labelled else "short measurements")
+      short_labelled = True
+      continue
+    style = {"linewidth": 0.9, "alpha": 0.6, "marker": "o", "markersize": 3, "color": "grey",
+             "label": None if long_labelled else "final measurements"}
+    long_labelled = long_labelled or not (result["chosen"]
+                                          or result["candidate"]["source"] == "shipped")
     if result["candidate"]["source"] == "shipped":
       style.update(color="tab:orange", alpha=0.9, label="shipped")
     if result["chosen"]:
-      style.update(color="tab:green", alpha=1.0, linewidth=1.6, label="chosen")
+      style.update(color="tab:green", alpha=1.0, linewidth=1.8, label="chosen")
     axes.plot(xs, ys, **style)
   frontier, best = [], 0.0
   for x, y in sorted(points):
@@ -99,8 +108,9 @@ def plot(report: dict, path: Path) -> None:
       frontier.append((x, y))
       best = y
   if frontier:
+    frontier.append((max(x for x, _ in points), best))
     axes.step(*zip(*frontier), where="post", color="tab:blue", linewidth=1.2,
-              label="Pareto frontier")
+              label="Pareto frontier (all points)")
   axes.axvline(target, color="tab:red", linestyle="--", linewidth=1,
                label=f"p99 target {target:g} ms")
   for key, color, label in (("chosen_at_target", "tab:green", "chosen"),
