@@ -74,7 +74,10 @@ def plot(report: dict, path: Path) -> None:
   """Throughput against p99, one line per candidate (its concurrency
   levels), the Pareto frontier over all points, the target, the chosen and
   the shipped configuration's points at the target."""
-  import matplotlib
+  try:
+    import matplotlib
+  except ImportError:
+    raise ValueError("report.png needs matplotlib: pip install 'vit-serving[plot]'") from None
   matplotlib.use("Agg")
   from matplotlib import pyplot
 

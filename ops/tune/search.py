@@ -109,15 +109,19 @@ def read_batching_file(path: str | Path, source: str = "shipped") -> Candidate:
                    tuple(params.allowed_batch_sizes), source)
 
 
+# (max_batch_size, batch_timeout_micros) of the coarse set, most informative
+# first: the extremes of batch size, then the middle, each without a timeout
+# and with a short one.
+COARSE = ((32, 2000), (8, 0), (16, 2000), (32, 0), (16, 0), (8, 2000), (4, 0), (4, 2000))
+
+
 def coarse(max_concurrency: int, shipped: Candidate | None) -> list[Candidate]:
-  """The first rung, most informative first: the shipped configuration, no
-  batching, then the largest useful batch and smaller ones, each without a
-  timeout and with a short one."""
-  sizes = [b for b in (32, 8, 16, 4) if b <= max(max_concurrency, 2)] or [2]
+  """The first rung in the order it is measured: the shipped configuration,
+  no batching, then COARSE (batch sizes up to the largest concurrency)."""
+  limit = max(max_concurrency, 2)
   found = [c for c in (shipped, OFF) if c is not None]
-  for size in sizes:
-    for timeout in (0, 2000):
-      found.append(make(size, timeout, 2, max_concurrency))
+  found += [make(size, timeout, 2, max_concurrency) for size, timeout in COARSE
+            if size <= limit] or [make(2, 0, 2, max_concurrency)]
   return unique(found)
 
 

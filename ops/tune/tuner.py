@@ -28,6 +28,7 @@ from ops.tune.search import Candidate
 FINALISTS = 3          # long-rung measurements besides the shipped configuration
 GUESS_START_S = 20.0   # server start cost assumed until the first start is timed
 LONG_SHARE = 0.4       # at most this part of the budget is held back for the long rung
+COARSE_SHARE = 0.35    # the coarse set stops here, leaving the rest to refinement
 
 
 class TuneError(Exception):
@@ -157,10 +158,11 @@ class Tuner:
       tried.add(candidate.key)
       self._measure(candidate, "short")
 
-    for candidate in search.coarse(cmax, shipped):
-      if not self.results or self._fits("short", reserve()):
+    for candidate in search.coarse(cmax, shipped):   # the first one always
+      if not self.results or (self._used() < COARSE_SHARE * self.s.budget_s
+                              and self._fits("short", reserve())):
         short(candidate)
-    while True:             # refine around the leader until it stops changing
+    while self._ranking("short"):   # refine around the leader until it stops changing
       leader = self._ranking("short")[0].candidate
       fresh = [c for c in search.neighbours(leader, cmax) if c.key not in tried]
       for candidate in fresh:
