@@ -177,7 +177,10 @@ def not_worse(levels: Sequence[dict], reference: Sequence[dict], p99_ms: float) 
 def choose(results: Sequence[tuple[Candidate, list[dict]]], p99_ms: float,
            reference: list[dict] | None) -> tuple[Candidate, list[dict]] | None:
   """The highest-scoring result not worse than `reference` at any level (all
-  results when there is no reference); None when none meets the target."""
+  results when there is no reference); None when none meets the target.
+  `reference` is one of `results` (the tuner measures the shipped
+  configuration in every rung), so when it meets the target somewhere it is
+  itself eligible, and None means that nothing meets the target."""
   eligible = [r for r in results if score(r[1], p99_ms) > 0
               and (reference is None or not_worse(r[1], reference, p99_ms))]
   if not eligible:

@@ -172,7 +172,9 @@ class Tuner:
           or not self._fits("short", reserve()):
         break
     ranked = [r.candidate for r in self._ranking("short")]
-    finalists = ranked[:1] + ([shipped] if shipped is not None else []) + ranked[1:FINALISTS]
+    # the shipped configuration first: the reference the choice is held to is
+    # then always measured in the rung the choice is made from
+    finalists = ([shipped] if shipped is not None else []) + ranked[:FINALISTS]
     for candidate in search.unique(finalists):
       if self._fits("long"):
         self._measure(candidate, "long")
@@ -213,9 +215,8 @@ class Tuner:
                       else "interrupted before any configuration was measured")
     rung = "long" if any(r.rung == "long" and r.levels for r in measured) else "short"
     pool = [r for r in measured if r.rung == rung]
-    reference = next((r.levels for rg in (rung, "short") for r in measured
-                      if r.rung == rg and shipped is not None and r.candidate.key == shipped.key),
-                     None)
+    reference = next((r.levels for r in pool
+                      if shipped is not None and r.candidate.key == shipped.key), None)
     picked = search.choose([(r.candidate, r.levels) for r in pool], self.s.p99_ms, reference)
     if picked is None:
       closest = min(((r, lv) for r in measured for lv in r.levels), key=lambda x: x[1]["p99_ms"])
