@@ -122,7 +122,9 @@ def run() -> list[dict]:
       ls = next(lv for lv in shipped if lv["concurrency"] == c)
       rows.append({
           "metric": f"{model} c={c} tuned/shipped throughput at p99 <= {target:g} ms",
-          "value": round(good_t[c] / good_s[c], 2) if good_s[c] else float(good_t[c] > 0),
+          # nan: neither meets the target at this level
+          "value": round(good_t[c] / good_s[c], 2) if good_s[c] else
+                   (float("inf") if good_t[c] else float("nan")),
           "unit": "x",
           "note": f"tuned {lt['throughput']:.0f} req/s p99 {lt['p99_ms']:.0f} ms, shipped "
                   f"{ls['throughput']:.0f} req/s p99 {ls['p99_ms']:.0f} ms"})
