@@ -12,7 +12,16 @@ TFSERVING_VENV    ?= .venv-tfserving/$(TFSERVING_VERSION)
 TFSERVING_WHEELS  ?= .cache/tfserving-wheels
 CHECK_DIR         ?= build/tfserving-check
 
-.PHONY: setup test export serve bench check-tfserving
+# make export: the serving_default batch sizes each new version warms at load
+# (1,2,4,8,16,32 for the GPU batching config, serving/config/*.gpu.config).
+WARMUP_BATCH_SIZES ?= 1,2,4,8
+# make tune: see docs/tuning.md. MODEL is a name in models.config there.
+TUNE_MODEL     = $(if $(filter default,$(MODEL)),vit_digits,$(MODEL))
+OUT           ?= build/tune/$(TUNE_MODEL)
+TUNE_BUDGET_S ?= 480
+P99_MS        ?= 50
+
+.PHONY: setup test export serve bench check-tfserving tune
 
 setup: .venv/.installed
 
@@ -42,7 +51,14 @@ $(TFSERVING_VENV)/.installed: checks/tfserving_venv.sh
 	touch $@
 
 export: setup
-	$(PY) -m export.default_model --repo models --model $(MODEL)
+	$(PY) -m export.default_model --repo models --model $(MODEL) \
+	    --warmup-batch-sizes $(WARMUP_BATCH_SIZES)
+
+# Measures batching configurations for one model on freshly started embedded
+# servers and writes $(OUT)/batching_parameters.txt, report.json, report.png.
+tune: setup
+	$(PY) -m ops.tune --model $(TUNE_MODEL) --out $(OUT) --budget-s $(TUNE_BUDGET_S) \
+	    --p99-ms $(P99_MS)
 
 serve: setup
 ifeq ($(SERVER),tfserving)

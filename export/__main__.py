@@ -3,7 +3,7 @@
   python -m export --checkpoint SRC --name NAME --repo DIR|URL [--version N]
                    [--config CONFIG.json | --model MODEL] [--image-size S]
                    [--kind classifier|features] [--labels FILE]
-                   [--model-config FILE]
+                   [--model-config FILE] [--warmup-batch-sizes 1,2,4,8]
 
 `--repo` may be an object-storage URL (s3://bucket/models; gs:// needs gcsfs,
 which is not pinned): see export/remote.py. Progress (each step with its duration) goes to stderr;
@@ -54,6 +54,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                  help="models.config to add the model to (default: models.config in "
                       "the parent directory of --repo; in the current directory for a "
                       "URL)")
+  p.add_argument("--warmup-batch-sizes", type=batch_size_list, default=(1, 2, 4, 8),
+                 metavar="B,B,...",
+                 help="serving_default batch sizes replayed at load, so XLA compiles them "
+                      "before the version serves (default 1,2,4,8; for the GPU batching "
+                      "config 1,2,4,8,16,32): every size the server's batching pads to")
   p.add_argument("-v", "--verbose", action="store_true", help=quiet.VERBOSE_HELP)
   args = p.parse_args(argv)
   if args.image_size is not None and args.image_size < 1:
@@ -64,6 +69,17 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
   if problem:
     p.error(problem)
   return args
+
+
+def batch_size_list(text: str) -> tuple[int, ...]:
+  """"1,2,4,8" -> (1, 2, 4, 8): positive, distinct, sorted."""
+  try:
+    sizes = sorted({int(part) for part in text.split(",") if part.strip()})
+  except ValueError:
+    raise argparse.ArgumentTypeError(f"not a comma-separated list of integers: {text!r}")
+  if not sizes or sizes[0] < 1:
+    raise argparse.ArgumentTypeError(f"batch sizes must be positive: {text!r}")
+  return tuple(sizes)
 
 
 def _argument_problem(args: argparse.Namespace) -> str | None:
@@ -106,7 +122,7 @@ def main(argv: list[str]) -> int:
       path = exporter.export_checkpoint(
           args.checkpoint, args.name, args.repo, config=args.config or args.model,
           image_size=args.image_size, kind=args.kind, labels=args.labels,
-          version=args.version,
+          version=args.version, warmup_batch_sizes=args.warmup_batch_sizes,
           model_config_file=args.model_config or exporter.DEFAULT_MODEL_CONFIG)
   except repository.NotRegisteredError as e:
     print(f"export: error: {e}", file=sys.stderr)

@@ -3,6 +3,7 @@
   python -m export.default_model --repo models [--model-config models.config]
                                  [--model default|B/16|<augreg name>|...]
                                  [--cache-dir DIR] [--name NAME]
+                                 [--warmup-batch-sizes 1,2,4,8]
   python -m export.default_model --write-images DIR [--count N]
   python -m export.default_model --write-class-folders DIR [--count N]
 
@@ -46,6 +47,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
 from export import quiet
+from export.__main__ import batch_size_list
 
 MODEL_NAME = "vit_digits"
 CACHE_ENV = "VIT_DEFAULT_MODEL_CACHE"
@@ -70,6 +72,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                       "the parent directory of --repo)")
   p.add_argument("--cache-dir", metavar="DIR",
                  help=f"training cache (default ${CACHE_ENV} or .cache/default_model)")
+  p.add_argument("--warmup-batch-sizes", type=batch_size_list, default=(1, 2, 4, 8),
+                 metavar="B,B,...",
+                 help="serving_default batch sizes in each new version's warmup file "
+                      "(default 1,2,4,8; 1,2,4,8,16,32 for the GPU batching config); "
+                      "versions already published keep theirs")
   p.add_argument("--write-images", metavar="DIR",
                  help="write held-out digit PNGs into DIR instead of exporting")
   p.add_argument("--write-class-folders", metavar="DIR",
@@ -237,7 +244,8 @@ def model_name_for(checkpoint: str) -> str:
 
 def export_default(repo: str | os.PathLike, *, model_config_file: ModelConfigFile,
                    name: str = MODEL_NAME, cache_dir: str | os.PathLike | None = None,
-                   kind: str = "classifier", log: Log = print) -> list[Path | str]:
+                   kind: str = "classifier", warmup_batch_sizes: tuple[int, ...] = (1, 2, 4, 8),
+                   log: Log = print) -> list[Path | str]:
   """Trains (or reuses) both runs and publishes the ones not yet published.
   Returns the version directories, new or already present, in run order."""
   from export.exporter import export_checkpoint
@@ -256,6 +264,7 @@ def export_default(repo: str | os.PathLike, *, model_config_file: ModelConfigFil
                              config=os.fspath(cached.config), image_size=digits.IMAGE_SIZE,
                              kind=kind,
                              labels=digits.LABELS if kind == "classifier" else None,
+                             warmup_batch_sizes=warmup_batch_sizes,
                              model_config_file=model_config_file)
     log(f"{run}: exported {path} in {time.perf_counter() - started:.1f}s")
     paths.append(path)
@@ -264,7 +273,8 @@ def export_default(repo: str | os.PathLike, *, model_config_file: ModelConfigFil
 
 def export_named(checkpoint: str, repo: str | os.PathLike, *,
                  model_config_file: ModelConfigFile, name: str | None = None,
-                 kind: str = "classifier", log: Log = print) -> Path | str:
+                 kind: str = "classifier", warmup_batch_sizes: tuple[int, ...] = (1, 2, 4, 8),
+                 log: Log = print) -> Path | str:
   """Exports a real checkpoint by name, unless its file is already published."""
   from export import download, zoo
   from export.exporter import export_checkpoint
@@ -277,6 +287,7 @@ def export_named(checkpoint: str, repo: str | os.PathLike, *,
     return _location(repo, name, present[0])
   started = time.perf_counter()
   path = export_checkpoint(checkpoint, name, repo, kind=kind,
+                           warmup_batch_sizes=warmup_batch_sizes,
                            model_config_file=model_config_file)
   log(f"{checkpoint}: exported {path} in {time.perf_counter() - started:.1f}s")
   return path
@@ -320,10 +331,12 @@ def run(args: argparse.Namespace) -> int:
         suffix = "_features" if args.kind == "features" else ""
         paths = export_default(args.repo, model_config_file=config,
                                name=args.name or MODEL_NAME + suffix,
-                               cache_dir=args.cache_dir, kind=args.kind, log=log)
+                               cache_dir=args.cache_dir, kind=args.kind,
+                               warmup_batch_sizes=args.warmup_batch_sizes, log=log)
       else:
         paths = [export_named(args.model, args.repo, model_config_file=config,
-                              name=args.name, kind=args.kind, log=log)]
+                              name=args.name, kind=args.kind,
+                              warmup_batch_sizes=args.warmup_batch_sizes, log=log)]
   except (CheckpointError, DownloadError, exporter.ExportError, repository.PublishError,
           OSError, KeyError, ValueError) as e:
     log(f"error: {e}")

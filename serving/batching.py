@@ -28,16 +28,38 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import logging
 import threading
 import time
 from typing import Mapping, Sequence
 
 import numpy as np
 
+from clients import warmup as warmup_coverage
 from serving.config import BatchingOptions
 from serving.errors import Code, ServingError, deadline_exceeded, invalid_argument, unavailable
 from serving.metrics import Metrics
 from serving.servable import Servable
+
+
+log = logging.getLogger("serving")
+
+
+def warn_unwarmed(servable: Servable, options: BatchingOptions | None) -> list[int]:
+  """Logs a WARNING when `options` pads batches to sizes the version's
+  warmup file does not replay: XLA compiles each of them on the request
+  path, in the first batch of that size (clients/warmup.py). Returns them."""
+  if options is None:
+    return []
+  cold = warmup_coverage.missing(options.allowed_batch_sizes, options.execution_batch_size,
+                                 warmup_coverage.warmed_batch_sizes(servable.path))
+  if cold:
+    log.warning("Batching runs version %d of model %s at batch sizes %s that its %s does "
+                "not warm up: the first batch of each size compiles on the request path. "
+                "Export with --warmup-batch-sizes covering them, or see docs/tuning.md.",
+                servable.version, servable.name, warmup_coverage.describe(cold),
+                warmup_coverage.FILE)
+  return cold
 
 
 class _Task:

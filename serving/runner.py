@@ -46,11 +46,16 @@ class Runner:
     self._pool = concurrent.futures.ThreadPoolExecutor(
         threads or max(8, 4 * len(os.sched_getaffinity(0))), "runner")
 
+  def batching_for(self, servable: Servable) -> BatchingOptions | None:
+    """The batching that applies to `servable` (bundle_factory_util.cc
+    GetPerModelBatchingParams); None: its requests run unbatched."""
+    return servable.batching if self._per_model else self._batching
+
   def run_for(self, servable: Servable, deadline: float | None) -> inference.Run:
     """Session::Run for `servable`: through its batcher when batching
-    applies to it (bundle_factory_util.cc GetPerModelBatchingParams), else
-    on the pool; DEADLINE_EXCEEDED once `deadline` (time.monotonic) passed."""
-    options = servable.batching if self._per_model else self._batching
+    applies to it, else on the pool; DEADLINE_EXCEEDED once `deadline`
+    (time.monotonic) passed."""
+    options = self.batching_for(servable)
     if options is None:
       async def run(feeds: Mapping[str, np.ndarray], fetches: Sequence[str]
                     ) -> dict[str, np.ndarray]:

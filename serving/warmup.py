@@ -19,6 +19,7 @@ import tensorflow as tf
 from tensorflow_serving.apis import prediction_log_pb2
 
 from serving import inference
+from serving.batching import warn_unwarmed
 from serving.errors import ServingError, invalid_argument
 from serving.runner import Runner
 from serving.servable import Servable
@@ -30,7 +31,9 @@ MAX_WARMUP_RECORDS = 1000         # saved_model_warmup_util.cc's cap
 def replay(servable: Servable, *, runner: Runner, options: inference.Options,
            iterations: int = 1) -> int:
   """Replays the version's warmup records `iterations` times each; the
-  number of records (0: no warmup file).  Blocking: the loader calls it."""
+  number of records (0: no warmup file).  Blocking: the loader calls it.
+  Warns first when batching pads to sizes the records do not cover."""
+  warn_unwarmed(servable, runner.batching_for(servable))
   path = servable.path / WARMUP_FILE
   if not path.exists():
     return 0

@@ -15,7 +15,8 @@ from tests.support.logs import FOREIGN
 from tests.support.paths import ROOT
 
 COMMANDS = ("export", "export.zoo", "export.finetune", "export.default_model", "serving",
-            "serving.rollout", "clients", "benchmarks")
+            "serving.rollout", "clients", "benchmarks", "ops.tune",
+            "export.rewarm")
 HEAVY = ("tensorflow", "jax", "flax")
 
 # Runs `python -m MODULE --help` in this process's interpreter and reports

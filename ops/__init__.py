@@ -1,0 +1,2 @@
+"""Operator tools that run beside a deployment and never import TensorFlow:
+the batching tuner (`ops.tune`)."""

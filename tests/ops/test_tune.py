@@ -1,0 +1,185 @@
+"""The tuner end to end on a fast server (tests/ops/fake_server.py: a known
+per-call cost, so batching's payoff is large and certain), its choice rule,
+its files, and each error it must report in one clear line."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from google.protobuf import text_format
+
+from clients import protos
+from ops.tune import report, search
+from ops.tune.tuner import Settings, Tuner
+from tests.support.paths import ROOT
+
+FAKE = ("{python} -m tests.ops.fake_server --port={grpc_port} --rest_api_port={rest_port} "
+        "{batching_flags} --fixed_ms=20")
+BatchingParameters = protos.message_class("tensorflow.serving.BatchingParameters")
+
+
+@pytest.fixture
+def repo(tmp_path: Path) -> Path:
+  """models.config naming model `fake` (the fake server ignores the files)."""
+  (tmp_path / "fake" / "1").mkdir(parents=True)
+  (tmp_path / "fake" / "1" / "saved_model.pb").write_bytes(b"")
+  config = tmp_path / "models.config"
+  config.write_text('model_config_list { config { name: "fake" base_path: "fake" '
+                    'model_platform: "tensorflow" } }\n')
+  return config
+
+
+@pytest.fixture
+def shipped(tmp_path: Path) -> Path:
+  """A deliberately weak configuration to beat: batches of at most 2."""
+  path = tmp_path / "shipped.config"
+  path.write_text(search.make(2, 0, 1, 8).text_proto())
+  return path
+
+
+def tune(*args: str, timeout: float = 180) -> subprocess.CompletedProcess:
+  return subprocess.run([sys.executable, "-m", "ops.tune", *args], cwd=ROOT, text=True,
+                        capture_output=True, timeout=timeout)
+
+
+def test_search_finds_batching_and_writes_the_three_files(tmp_path, repo, shipped):
+  out = tmp_path / "out"
+  done = tune("--model", "fake", "--model-config", str(repo), "--out", str(out),
+              "--server-cmd", FAKE, "--shipped", str(shipped), "--budget-s", "30",
+              "--concurrency", "8", "--short-s", "0.3", "--long-s", "0.6",
+              "--p99-ms", "1000")
+  assert done.returncode == 0, done.stderr
+  assert sorted(p.name for p in out.iterdir()) == sorted(report.FILES)
+  result = json.loads((out / "report.json").read_text())
+  measured = {c["candidate"]["name"]: c for c in result["candidates"] if c["levels"]}
+  assert "batching off" in measured
+  assert len(measured) >= 4, list(measured)       # more than shipped + off: it searched
+  assert any(c["rung"] == "long" for c in result["candidates"])
+  # At 20 ms per model call, one request per call caps "off" at 50 req/s;
+  # batches of up to 8 serve 8 clients several times faster.
+  chosen = result["chosen"]
+  assert chosen["batching"] and chosen["max_batch_size"] >= 4
+  off_c8 = next(lv for lv in measured["batching off"]["levels"] if lv["concurrency"] == 8)
+  assert result["chosen_at_target"]["throughput"] > 2 * off_c8["throughput"]
+  assert "mean_batch_size" not in off_c8
+  winner = next(c for c in result["candidates"] if c["chosen"])
+  assert winner["levels"][-1]["mean_batch_size"] > 1.5      # the server's own metrics
+  assert "batches of" in result["why"]
+  ship = [c for c in result["candidates"]
+          if c["candidate"]["source"] == "shipped" and c["rung"] == winner["rung"]]
+  assert ship and search.not_worse(winner["levels"], ship[0]["levels"], 1000)
+  params = text_format.Parse((out / "batching_parameters.txt").read_text(), BatchingParameters())
+  assert params.max_batch_size.value == chosen["max_batch_size"]
+  assert list(params.allowed_batch_sizes) == chosen["allowed_batch_sizes"]
+  assert "p99 <= 1000 ms" in (out / "batching_parameters.txt").read_text()
+  assert (out / "report.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+  assert result["warmup"]["needs"] == chosen["allowed_batch_sizes"]
+
+
+def test_ctrl_c_reports_what_was_measured(tmp_path, repo, shipped):
+  levels_done = []
+
+  def progress(used: float, what: str) -> None:
+    if " c=" in what:
+      levels_done.append(what)
+      if len(levels_done) == 3:       # in the second configuration's first level
+        raise KeyboardInterrupt
+
+  settings = Settings(model="fake", model_config=repo, p99_ms=1000, levels=[1, 8],
+                      budget_s=60, server_cmd=FAKE, shipped=shipped, short_s=0.3, long_s=0.5)
+  result = Tuner(settings, progress).run()
+  assert result["interrupted"]
+  assert [len(c["levels"]) for c in result["candidates"]] == [2, 1]
+  assert [c["complete"] for c in result["candidates"]] == [True, False]
+  files = report.write(tmp_path / "out", result)
+  assert all(f.exists() for f in files)
+
+
+def _one_error_line(done: subprocess.CompletedProcess) -> str:
+  """The error line, after whatever the progress bar drew (it erases itself)."""
+  assert done.returncode == 2, (done.stdout, done.stderr)
+  assert "Traceback" not in done.stderr
+  errors = [line for line in re.split(r"[\r\n]", done.stderr)
+            if line.startswith("vit-tune: error: ")]
+  assert len(errors) == 1, done.stderr
+  return errors[0]
+
+
+def test_unknown_model(tmp_path, repo):
+  out = tmp_path / "out"
+  done = tune("--model", "vit_nope", "--model-config", str(repo), "--out", str(out))
+  assert _one_error_line(done) == ("vit-tune: error: unknown model 'vit_nope': "
+                                   f"{repo} has fake")
+  assert len(done.stderr.splitlines()) == 1 and not out.exists()
+
+
+def test_budget_too_small(tmp_path, repo):
+  out = tmp_path / "out"
+  done = tune("--model", "fake", "--model-config", str(repo), "--out", str(out),
+              "--budget-s", "2")
+  assert "too small" in _one_error_line(done)
+  assert not out.exists()
+
+
+def test_server_that_fails_to_start_shows_its_log_tail(tmp_path, repo):
+  out = tmp_path / "out"
+  command = "sh -c 'echo port busy: {grpc_port} >&2; exit 3' {rest_port} {batching_flags}"
+  done = tune("--model", "fake", "--model-config", str(repo), "--out", str(out),
+              "--server-cmd", command, "--budget-s", "30")
+  assert "exited with status 3" in _one_error_line(done)
+  assert "port busy:" in done.stderr        # the log tail
+  assert not out.exists()
+
+
+def test_unmeetable_target_says_so_and_shows_the_closest(tmp_path, repo, shipped):
+  out = tmp_path / "out"
+  done = tune("--model", "fake", "--model-config", str(repo), "--out", str(out),
+              "--server-cmd", FAKE, "--shipped", str(shipped), "--budget-s", "8",
+              "--concurrency", "1", "--short-s", "0.3", "--long-s", "0.3", "--p99-ms", "1")
+  line = _one_error_line(done)
+  assert "no configuration meets p99 <= 1 ms" in line and "closest:" in line
+  assert not out.exists()
+
+
+def test_unknown_placeholder_is_refused_before_anything_runs(tmp_path, repo):
+  done = tune("--model", "fake", "--model-config", str(repo), "--out", str(tmp_path / "o"),
+              "--server-cmd", "server --port={grpc_port} {rest_port} {batching_flags} {gpu}")
+  assert done.returncode == 2 and "unknown placeholder(s) ['gpu']" in done.stderr
+
+
+def _levels(*rows: tuple[int, float, float]) -> list[dict]:
+  return [{"concurrency": c, "throughput": t, "p99_ms": p, "errors": {}} for c, t, p in rows]
+
+
+def test_choice_is_never_worse_than_the_reference_at_any_level():
+  reference = _levels((1, 100, 10), (8, 300, 40))
+  higher_total_but_worse_at_c1 = _levels((1, 50, 10), (8, 600, 40))
+  modest = _levels((1, 99, 10), (8, 350, 45))
+  over_target = _levels((1, 500, 90), (8, 900, 95))
+  results = [(search.make(8, 0, 1, 8), higher_total_but_worse_at_c1),
+             (search.make(4, 0, 1, 8), modest), (search.make(32, 0, 1, 8), over_target),
+             (search.OFF, reference)]
+  assert search.choose(results, 50, reference)[1] is modest
+  assert search.choose(results, 50, None)[1] is higher_total_but_worse_at_c1
+  assert search.choose([(search.OFF, over_target)], 50, None) is None
+
+
+def test_neighbours_change_one_dimension_at_a_time():
+  best = search.make(8, 2000, 2, 32)
+  for other in search.neighbours(best, 32):
+    changed = [(a, b) for a, b in zip(best.key[:3], other.key[:3]) if a != b]
+    assert len(changed) == 1, (best, other)
+
+
+def test_text_proto_round_trips_through_tf_servings_message():
+  candidate = search.make(16, 1000, 4, 32)
+  params = text_format.Parse(candidate.text_proto(), BatchingParameters())
+  assert list(params.allowed_batch_sizes) == [1, 2, 4, 8, 16]
+  assert (params.max_batch_size.value, params.batch_timeout_micros.value,
+          params.num_batch_threads.value) == (16, 1000, 4)
+  assert params.max_enqueued_batches.value >= params.num_batch_threads.value
