@@ -61,17 +61,17 @@ class Model:
   """One export of the set: where its checkpoint comes from and how it is served."""
   name: str
   kind: str
-  config: export.ModelConfig
+  config: export.ViTConfig
   image_size: int
   checkpoint: str | None = None  # a file under the repository; None: random weights
   seed: int = 0
 
 
-def _tiny(**changes: Any) -> export.ModelConfig:
+def _tiny(**changes: Any) -> export.ViTConfig:
   return export.get_config({**_TINY, **changes})
 
 
-def _reference_config(case: str) -> export.ModelConfig:
+def _reference_config(case: str) -> export.ViTConfig:
   return export.get_config(
       json.loads((ROOT / "tests/data/manifest.json").read_text())[case]["config"])
 

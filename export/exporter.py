@@ -48,7 +48,7 @@ import tensorflow as tf
 from clients import contract
 from export import download, labels as labels_lib, remote, repository, signatures, warmup, zoo
 from export.checkpoint import flatten, load_checkpoint, native_image_size
-from export.configs import ModelConfig, get_config
+from export.configs import ViTConfig, get_config
 from export.models import build_model
 
 log = logging.getLogger("export")
@@ -161,7 +161,7 @@ class _Checkpoint:
   source: str          # what it resolved to (path or URL)
   local: Path          # the file read (the cache path for a URL)
   sha256: str
-  cfg: ModelConfig  # num_classes from the head
+  cfg: ViTConfig       # num_classes from the head
   image_size: int      # the serving resolution
   params: Any
   label_set: str | None
