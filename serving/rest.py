@@ -41,6 +41,7 @@ from tensorflow_serving.apis import (classification_pb2, get_model_metadata_pb2,
 from serving import rest_json, tensors
 from serving.core import Core
 from serving.errors import Code, ServingError, invalid_argument
+from serving.inference import signature_key
 
 log = logging.getLogger("serving")
 
@@ -248,7 +249,7 @@ class RestServer:
   def _signature_inputs(self, spec: model_pb2.ModelSpec,
                         signature_name: str) -> dict[str, meta_graph_pb2.TensorInfo]:
     """http_rest_api_handler.cc: GetInfoMap."""
-    key = signature_name or "serving_default"
+    key = signature_key(signature_name)
     signature = self.core.signature_defs(spec).get(key)
     if signature is None:
       raise invalid_argument(f"Serving signature name: \"{tensors.clip(key)}\" not "
