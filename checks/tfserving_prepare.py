@@ -44,7 +44,7 @@ from PIL import Image
 import export
 from checks import tfserving_plan as plan
 from clients import contract
-from export import exporter
+from export import exporter, repository
 from export.checkpoint import load_checkpoint, save_checkpoint
 from export.models import build_model
 
@@ -209,7 +209,8 @@ def prepare_model(model: Model, out: Path) -> dict[str, Any]:
                 for e in expected_check + expected_warmup)
   # The exporter's own criterion (export/exporter.py verify()).
   tolerance = exporter.TOLERANCE * max(1.0, largest)
-  return plan.write_model(work, name=model.name, version_dir=version_dir, tolerance=tolerance,
+  return plan.write_model(work, name=model.name, version_dir=version_dir,
+                          manifest=version_dir / repository.MANIFEST, tolerance=tolerance,
                           requests=requests, expected_check=expected_check,
                           expected_warmup=expected_warmup)
 

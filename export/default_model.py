@@ -19,13 +19,14 @@ Training is cached in `<cache>/<run>-<key>/` (default `.cache/default_model/`
 in the project, or $VIT_DEFAULT_MODEL_CACHE, or --cache-dir); the key hashes
 the config, the recipe, the library versions and the source of the modules
 that decide the weights, so a change to any of them retrains and nothing else
-does. A run whose checkpoint (by sha256, as recorded in each version's
-`export_manifest.json`) is already published is skipped, so running the
-command twice adds no versions.
+does. A run that is already published is not exported again (the exporter's
+rule: a version whose manifest records the same export fingerprint, i.e. the
+same checkpoint sha256 and options), so running the command twice adds no
+versions.
 
 Any other `--model` is a real checkpoint name (seed model, augreg name, URL or
 path) and is delegated to `export_checkpoint`, published under a name derived
-from it (`B/16` -> `vit_b_16`), likewise skipped when already published.
+from it (`B/16` -> `vit_b_16`), likewise not exported twice.
 """
 
 from __future__ import annotations
@@ -36,7 +37,6 @@ import hashlib
 import importlib.metadata
 import json
 import os
-import posixpath
 import re
 import shutil
 import sys
@@ -91,9 +91,8 @@ if __name__ == "__main__":
   _ARGS = parse_args(sys.argv[1:])
   quiet.import_tensorflow(_ARGS.verbose)
 
-from export import digits, steplog  # noqa: E402
+from export import digits, download, steplog  # noqa: E402
 from export.checkpoint import save_checkpoint  # noqa: E402
-from export.download import sha256  # noqa: E402
 
 if TYPE_CHECKING:  # the exporter imports TensorFlow; only its type is needed here
   from export.exporter import ModelConfigFile
@@ -177,7 +176,7 @@ def trained_run(run: str, cache_dir: str | os.PathLike | None = None, *,
         "train_accuracy": result.train_accuracy,
         "final_loss": result.final_loss,
         "train_seconds": round(result.seconds, 1),
-        "checkpoint_sha256": sha256(tmp / "checkpoint.npz"),
+        "checkpoint_sha256": download.sha256(tmp / "checkpoint.npz"),
         "libraries": {lib: importlib.metadata.version(lib) for lib in _KEYED_LIBRARIES},
     }
     (tmp / "training.json").write_text(json.dumps(info, indent=2) + "\n")
@@ -193,42 +192,10 @@ def trained_run(run: str, cache_dir: str | os.PathLike | None = None, *,
   return CachedRun(directory, info, cached=False)
 
 
-def published_checkpoints(repo: str | os.PathLike, name: str) -> dict[int, str]:
-  """version -> checkpoint sha256 of a model's published versions, from their
-  export manifests; `repo` is a directory or an object-storage URL."""
-  from export import remote, repository
-  manifest = ("assets.extra", "export_manifest.json")
-  if remote.is_remote(repo):
-    store = remote.RemoteRepository(os.fspath(repo))
-    versions = store.versions(name)
-    def read(v: int) -> bytes:
-      return store.fs.cat_file(posixpath.join(store.root, name, str(v), *manifest))
-  else:
-    versions = repository.versions(Path(repo) / name)
-    def read(v: int) -> bytes:
-      return Path(repo, name, str(v), *manifest).read_bytes()
-  found = {}
-  for v in versions:
-    try:
-      sha = (json.loads(read(v)).get("checkpoint") or {}).get("sha256")
-    except FileNotFoundError:
-      continue
-    if sha:
-      found[v] = sha
-  return found
-
-
-def _location(repo: str | os.PathLike, name: str, version: int) -> Path | str:
-  from export import remote
-  if remote.is_remote(repo):
-    return f"{os.fspath(repo).rstrip('/')}/{name}/{version}"
-  return Path(repo) / name / str(version)
-
-
 def model_name_for(checkpoint: str) -> str:
   """A repository name for a checkpoint name: `B/16` -> `vit_b_16`,
   `R26+S/32` -> `vit_r26_s_32`, a path or URL -> its file stem."""
-  if "://" in checkpoint or (os.sep in checkpoint and os.path.exists(checkpoint)):
+  if download.is_remote(checkpoint) or (os.sep in checkpoint and os.path.exists(checkpoint)):
     checkpoint = Path(checkpoint.rstrip("/")).name
   checkpoint = re.sub(r"\.npz$", "", checkpoint)
   slug = re.sub(r"[^a-z0-9]+", "_", checkpoint.lower()).strip("_")
@@ -238,26 +205,21 @@ def model_name_for(checkpoint: str) -> str:
 def export_default(repo: str | os.PathLike, *, model_config_file: ModelConfigFile,
                    name: str = MODEL_NAME, cache_dir: str | os.PathLike | None = None,
                    kind: str = "classifier", log: Log = print) -> list[Path | str]:
-  """Trains (or reuses) both runs and publishes the ones not yet published.
-  Returns the version directories, new or already present, in run order."""
+  """Trains (or reuses) both runs and publishes the ones not yet published
+  (the exporter's rule: a version with the same export fingerprint). Returns
+  the version directories, new or already present, in run order."""
   from export.exporter import export_checkpoint
 
   paths = []
   for run in RUNS:
     cached = trained_run(run, cache_dir, log=log)
-    sha = cached.info["checkpoint_sha256"]
-    present = [v for v, s in published_checkpoints(repo, name).items() if s == sha]
-    if present:
-      log(f"{run}: already published as {name} version {present[0]}; skipped")
-      paths.append(_location(repo, name, present[0]))
-      continue
     started = time.perf_counter()
     path = export_checkpoint(os.fspath(cached.checkpoint), name, repo,
                              config=os.fspath(cached.config), image_size=digits.IMAGE_SIZE,
                              kind=kind,
                              labels=digits.LABELS if kind == "classifier" else None,
                              model_config_file=model_config_file)
-    log(f"{run}: exported {path} in {time.perf_counter() - started:.1f}s")
+    log(f"{run}: {path} ({time.perf_counter() - started:.1f}s)")
     paths.append(path)
   return paths
 
@@ -265,20 +227,15 @@ def export_default(repo: str | os.PathLike, *, model_config_file: ModelConfigFil
 def export_named(checkpoint: str, repo: str | os.PathLike, *,
                  model_config_file: ModelConfigFile, name: str | None = None,
                  kind: str = "classifier", log: Log = print) -> Path | str:
-  """Exports a real checkpoint by name, unless its file is already published."""
-  from export import download, zoo
+  """Exports a real checkpoint by name, unless the exporter finds the same
+  export already published."""
   from export.exporter import export_checkpoint
 
   name = name or model_name_for(checkpoint) + ("_features" if kind == "features" else "")
-  sha = sha256(download.fetch(zoo.resolve(checkpoint).source))
-  present = [v for v, s in published_checkpoints(repo, name).items() if s == sha]
-  if present:
-    log(f"{checkpoint}: already published as {name} version {present[0]}; skipped")
-    return _location(repo, name, present[0])
   started = time.perf_counter()
   path = export_checkpoint(checkpoint, name, repo, kind=kind,
                            model_config_file=model_config_file)
-  log(f"{checkpoint}: exported {path} in {time.perf_counter() - started:.1f}s")
+  log(f"{checkpoint}: {path} ({time.perf_counter() - started:.1f}s)")
   return path
 
 

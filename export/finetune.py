@@ -175,9 +175,9 @@ def load_feature_extractor(directory: str | os.PathLike) -> tuple[Any, dict]:
   """The loaded SavedModel and its export manifest; checks it is a feature
   extractor exported by `export` (its variables carry the parameter paths)."""
   directory = Path(directory)
-  manifest_file = directory / "assets.extra" / "export_manifest.json"
+  manifest_file = directory / repository.MANIFEST
   if not manifest_file.is_file():
-    raise FineTuneError(f"{directory}: no assets.extra/export_manifest.json; expected a "
+    raise FineTuneError(f"{directory}: no {repository.MANIFEST}; expected a "
                         "version directory written by `python -m export --kind features`")
   manifest = json.loads(manifest_file.read_text())
   if manifest.get("kind") != "features":

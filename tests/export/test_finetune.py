@@ -16,7 +16,7 @@ import tensorflow as tf
 from PIL import Image
 from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
-from export import digits, finetune
+from export import digits, finetune, repository
 from export.checkpoint import read_npz, save_checkpoint
 from export.exporter import export_checkpoint
 from tests.serving import helpers
@@ -69,7 +69,7 @@ def test_head_only_publishes_a_classifier_version(head_only, base):
   version = head_only.version_dir
   labels = (version / "assets" / "labels.txt").read_text().split()
   assert labels == head_only.classes
-  manifest = json.loads((version / "assets.extra" / "export_manifest.json").read_text())
+  manifest = json.loads((version / repository.MANIFEST).read_text())
   assert manifest["kind"] == "classifier" and manifest["num_classes"] == 5
   assert manifest["checkpoint"]["source"] == str(head_only.checkpoint)
   assert (version / "assets.extra" / "tf_serving_warmup_requests").is_file()
@@ -137,8 +137,7 @@ def test_cli_with_backbone_training_publishes_the_next_version(head_only, base, 
   assert out.out.split() == [str(root / "models" / NAME / "2")]
   assert "epoch 2/2" in out.err and "export: publish version 2" in out.err
   assert (root / "models.config").read_text().count(f'name: "{NAME}"') == 1
-  manifest = json.loads((root / "models" / NAME / "2" / "assets.extra" /
-                         "export_manifest.json").read_text())
+  manifest = json.loads((root / "models" / NAME / "2" / repository.MANIFEST).read_text())
   tuned = Path(manifest["checkpoint"]["source"])
   record = json.loads(tuned.with_suffix(".json").read_text())
   assert record["recipe"]["train_backbone"] and record["validation_accuracy"] >= 0.5
