@@ -18,7 +18,7 @@ import asyncio
 import inspect
 import os
 import ssl
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import grpc
 import numpy as np
@@ -33,23 +33,10 @@ from clients.results import (ModelMetadata, Prediction, SignatureInfo, VersionSt
 from clients.retry import RetryPolicy, acall_with_retries
 
 
-def _documented_as(sync: type) -> Callable[[type], type]:
-  """Gives an async class's public methods the docstrings of `sync`'s methods
-  of the same names, so each is written once."""
-
-  def document(cls: type) -> type:
-    for name, method in vars(cls).items():
-      if not name.startswith("_") and inspect.iscoroutinefunction(method):
-        method.__doc__ = inspect.getdoc(getattr(sync, name))
-    return cls
-  return document
-
-
-@_documented_as(Client)
 class AsyncClient(Common, abc.ABC):
   """clients.base.Client, awaited: the same methods, arguments and results.
 
-  The public methods carry Client's docstrings (`_documented_as`), so the API
+  The public methods carry Client's docstrings (`_document`), so the API
   is described once; tests/clients/test_aio_api.py checks that the names,
   parameters and docstrings match. `reload_config` (GrpcClient's) has no
   async twin on purpose: it is an operator's action, which the rollout tool
@@ -151,7 +138,6 @@ class AsyncClient(Common, abc.ABC):
     await self.close()
 
 
-@_documented_as(grpc_client.GrpcClient)
 class AsyncGrpcClient(AsyncClient):
   """GrpcClient on grpc.aio; the same arguments."""
 
@@ -222,7 +208,6 @@ class AsyncGrpcClient(AsyncClient):
     return await acall_with_retries(self.retry, call.timeout, attempt)
 
 
-@_documented_as(rest_client.RestClient)
 class AsyncRestClient(AsyncClient):
   """RestClient on aiohttp (one pooled session); the same arguments."""
 
@@ -324,3 +309,16 @@ def _failure(e: BaseException, timeout: float, where: str) -> ClientError:
       return ClientError("UNAVAILABLE", f"bad response: {e.message}", where)
     return rest_client.transport_error(e, timeout, where)
   raise e
+
+
+def _document(aio: type, sync: type) -> None:
+  """Gives the public methods of `aio` the docstrings of `sync`'s methods of
+  the same names, so each is written once."""
+  for name, method in vars(aio).items():
+    if not name.startswith("_") and inspect.iscoroutinefunction(method):
+      method.__doc__ = inspect.getdoc(getattr(sync, name))
+
+
+_document(AsyncClient, Client)
+_document(AsyncGrpcClient, grpc_client.GrpcClient)
+_document(AsyncRestClient, rest_client.RestClient)

@@ -45,7 +45,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
-from export import quiet
+from export import download, quiet, steplog
 
 MODEL_NAME = "vit_digits"
 CACHE_ENV = "VIT_DEFAULT_MODEL_CACHE"
@@ -86,21 +86,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
   return args
 
 
-if __name__ == "__main__":
-  # Answer --help and bad arguments before the imports below (JAX, TensorFlow).
-  _ARGS = parse_args(sys.argv[1:])
-  quiet.import_tensorflow(_ARGS.verbose)
-
-from export import digits, download, steplog  # noqa: E402
-from export.checkpoint import save_checkpoint  # noqa: E402
-
-if TYPE_CHECKING:  # the exporter imports TensorFlow; only its type is needed here
+if TYPE_CHECKING:  # JAX and TensorFlow are imported by the functions that use them
+  from export.digits import Recipe
   from export.exporter import ModelConfigFile
 
-RUNS: dict[str, digits.Recipe] = {     # published in this order: versions 1, 2
-    "short": digits.Recipe(steps=500),
-    "long": digits.Recipe(steps=2000),
-}
 _PROJECT = Path(__file__).resolve().parent.parent
 # The modules whose code decides the trained weights and the checkpoint bytes.
 _KEYED_SOURCES = ("digits.py", "models.py", "configs.py", "checkpoint.py")
@@ -129,8 +118,10 @@ def default_cache_dir() -> Path:
   return Path(os.environ.get(CACHE_ENV) or _PROJECT / ".cache" / "default_model")
 
 
-def cache_key(recipe: digits.Recipe) -> str:
+def cache_key(recipe: Recipe) -> str:
   """sha256 over everything that decides a run's checkpoint bytes."""
+  from export import digits
+
   digest = hashlib.sha256()
   spec = {"config": digits.CONFIG.to_dict(), "recipe": dataclasses.asdict(recipe),
           "image_size": digits.IMAGE_SIZE, "labels": digits.LABELS,
@@ -145,7 +136,10 @@ def cache_key(recipe: digits.Recipe) -> str:
 def trained_run(run: str, cache_dir: str | os.PathLike | None = None, *,
                 log: Log = print) -> CachedRun:
   """The cached run, training it first when it is not in the cache."""
-  recipe = RUNS[run]
+  from export import digits
+  from export.checkpoint import save_checkpoint
+
+  recipe = digits.RUNS[run]
   cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
   key = cache_key(recipe)
   directory = cache_dir / f"{run}-{key[:16]}"
@@ -208,10 +202,11 @@ def export_default(repo: str | os.PathLike, *, model_config_file: ModelConfigFil
   """Trains (or reuses) both runs and publishes the ones not yet published
   (the exporter's rule: a version with the same export fingerprint). Returns
   the version directories, new or already present, in run order."""
+  from export import digits
   from export.exporter import export_checkpoint
 
   paths = []
-  for run in RUNS:
+  for run in digits.RUNS:
     cached = trained_run(run, cache_dir, log=log)
     started = time.perf_counter()
     path = export_checkpoint(os.fspath(cached.checkpoint), name, repo,
@@ -241,16 +236,23 @@ def export_named(checkpoint: str, repo: str | os.PathLike, *,
 
 def write_images(directory: str | os.PathLike, count: int) -> list[Path]:
   """Writes `count` held-out digits as 32x32 RGB PNGs (never seen in training)."""
+  from export import digits
+
   _, test_split = digits.load()
   return digits.write_images(test_split, directory, count)
 
 
 def main(argv: list[str]) -> int:
-  return run(parse_args(argv))
+  """The command line: parses the arguments before anything heavy is imported."""
+  args = parse_args(argv)
+  quiet.import_tensorflow(args.verbose)
+  return run(args)
 
 
 def run(args: argparse.Namespace) -> int:
   """The command line's work, for arguments already parsed."""
+  from export import digits
+
   if args.write_images is not None:
     for path in write_images(args.write_images, args.count):
       print(path)
@@ -295,4 +297,4 @@ def run(args: argparse.Namespace) -> int:
 
 
 if __name__ == "__main__":
-  sys.exit(run(_ARGS))
+  sys.exit(main(sys.argv[1:]))

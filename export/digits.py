@@ -66,6 +66,12 @@ class Recipe:
   seed: int = 0
 
 
+RUNS: dict[str, Recipe] = {     # the default model's versions 1 and 2, in this order
+    "short": Recipe(steps=500),
+    "long": Recipe(steps=2000),
+}
+
+
 @dataclasses.dataclass(frozen=True)
 class Trained:
   params: Any

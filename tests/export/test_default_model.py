@@ -49,7 +49,7 @@ def test_short_run_reaches_95_percent_on_the_recorded_held_out_split(short_run, 
   assert not short_run.cached
   assert info["test_accuracy"] >= 0.95
   assert info["data"]["test_indices"] == [int(i) for i in data[1].indices]
-  assert info["recipe"]["steps"] == default_model.RUNS["short"].steps
+  assert info["recipe"]["steps"] == digits.RUNS["short"].steps
 
 
 def test_checkpoint_is_in_the_published_format_and_loads(short_run, data):
@@ -89,7 +89,7 @@ def test_training_is_deterministic(data):
 
 
 def test_cache_key_follows_recipe_and_config(monkeypatch):
-  short = default_model.RUNS["short"]
+  short = digits.RUNS["short"]
   key = default_model.cache_key(short)
   assert key == default_model.cache_key(digits.Recipe(steps=short.steps))
   assert key != default_model.cache_key(digits.Recipe(steps=short.steps + 1))
@@ -99,7 +99,7 @@ def test_cache_key_follows_recipe_and_config(monkeypatch):
 
 def test_cli_publishes_each_run_once(tmp_path, capsys, monkeypatch):
   # Tiny recipes: what is checked here does not depend on accuracy.
-  monkeypatch.setattr(default_model, "RUNS", {"short": digits.Recipe(steps=20)})
+  monkeypatch.setattr(digits, "RUNS", {"short": digits.Recipe(steps=20)})
   args = ["--repo", str(tmp_path / "models"), "--cache-dir", str(tmp_path / "cache")]
   model_dir = tmp_path / "models" / default_model.MODEL_NAME
   assert default_model.main(args) == 0
@@ -107,7 +107,7 @@ def test_cli_publishes_each_run_once(tmp_path, capsys, monkeypatch):
   assert out.out.split() == [str(model_dir / "1")]
   assert "training 20 steps" in out.err and "export: publish version 1" in out.err
 
-  default_model.RUNS["long"] = digits.Recipe(steps=40)  # a new (or changed) run
+  digits.RUNS["long"] = digits.Recipe(steps=40)  # a new (or changed) run
   assert default_model.main(args) == 0
   out = capsys.readouterr()
   assert out.out.split() == [str(model_dir / "1"), str(model_dir / "2")]
