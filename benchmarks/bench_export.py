@@ -72,6 +72,7 @@ def run() -> list[dict]:
   import tensorflow as tf
 
   import export
+  from export import repository
 
   cfg = export.get_config(MODEL) | {"num_classes": 1000}
   model = export.build_model(cfg)
@@ -88,7 +89,7 @@ def run() -> list[dict]:
     export.save_checkpoint(params, checkpoint)
     del params
     version_dir, export_seconds, peak_mib = _export(workdir, checkpoint)
-    manifest = json.loads((version_dir / "assets.extra" / "export_manifest.json").read_text())
+    manifest = json.loads((version_dir / repository.MANIFEST).read_text())
     size = sum(p.stat().st_size for p in version_dir.rglob("*") if p.is_file())
     rows += [
         {"metric": "export_wall_time", "value": round(export_seconds, 1), "unit": "s",

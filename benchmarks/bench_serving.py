@@ -70,7 +70,7 @@ ROUND_SECONDS = 4.0
 DIGITS_ROUNDS = 3
 
 
-def _export_random(name: str, cfg: export.ModelConfig, size: int,
+def _export_random(name: str, cfg: export.ViTConfig, size: int,
                    warmup_batch_sizes: tuple[int, ...]) -> Path:
   """<cache>/<name> holding version 1 of `cfg` with seeded random weights."""
   base = CACHE / name

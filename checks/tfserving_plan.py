@@ -4,8 +4,8 @@ The JAX side (checks/tfserving_prepare.py) knows the expected outputs; the
 serving side (checks/tfserving_session.py) must not import JAX. They meet in
 files that need nothing but TensorFlow's own formats and numpy:
 
-  <dir>/plan.json                 the models: version directory, tolerance,
-                                  the two files below
+  <dir>/plan.json                 the models: version directory, its export
+                                  manifest, tolerance, the two files below
   <dir>/<model>/requests.tfrecord PredictionLog records, the warmup file's
                                   format, so requests and warmup records are
                                   run by the same code
@@ -52,8 +52,8 @@ def request_inputs(log: prediction_log_pb2.PredictionLog) -> tuple[str, dict[str
           {k: tf.make_ndarray(v) for k, v in request.inputs.items()})
 
 
-def write_model(directory: Path, *, name: str, version_dir: Path, tolerance: float,
-                requests: Sequence[prediction_log_pb2.PredictionLog],
+def write_model(directory: Path, *, name: str, version_dir: Path, manifest: Path,
+                tolerance: float, requests: Sequence[prediction_log_pb2.PredictionLog],
                 expected_check: Sequence[Mapping[str, np.ndarray]],
                 expected_warmup: Sequence[Mapping[str, np.ndarray]]) -> dict[str, Any]:
   """Writes one model's requests and expectations; returns its plan entry."""
@@ -72,7 +72,7 @@ def write_model(directory: Path, *, name: str, version_dir: Path, tolerance: flo
   expected_path = directory / "expected.npz"
   np.savez(expected_path, **arrays)
   return {"name": name, "version_dir": os.fspath(version_dir.resolve()),
-          "tolerance": float(tolerance), "requests": os.fspath(requests_path.resolve()),
+          "manifest": os.fspath(manifest.resolve()), "tolerance": float(tolerance), "requests": os.fspath(requests_path.resolve()),
           "expected": os.fspath(expected_path.resolve())}
 
 

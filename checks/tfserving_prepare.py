@@ -44,7 +44,7 @@ from PIL import Image
 import export
 from checks import tfserving_plan as plan
 from clients import contract
-from export import exporter
+from export import exporter, repository
 from export.checkpoint import load_checkpoint, save_checkpoint
 from export.models import build_model
 
@@ -61,17 +61,17 @@ class Model:
   """One export of the set: where its checkpoint comes from and how it is served."""
   name: str
   kind: str
-  config: export.ModelConfig
+  config: export.ViTConfig
   image_size: int
   checkpoint: str | None = None  # a file under the repository; None: random weights
   seed: int = 0
 
 
-def _tiny(**changes: Any) -> export.ModelConfig:
+def _tiny(**changes: Any) -> export.ViTConfig:
   return export.get_config({**_TINY, **changes})
 
 
-def _reference_config(case: str) -> export.ModelConfig:
+def _reference_config(case: str) -> export.ViTConfig:
   return export.get_config(
       json.loads((ROOT / "tests/data/manifest.json").read_text())[case]["config"])
 
@@ -209,7 +209,8 @@ def prepare_model(model: Model, out: Path) -> dict[str, Any]:
                 for e in expected_check + expected_warmup)
   # The exporter's own criterion (export/exporter.py verify()).
   tolerance = exporter.TOLERANCE * max(1.0, largest)
-  return plan.write_model(work, name=model.name, version_dir=version_dir, tolerance=tolerance,
+  return plan.write_model(work, name=model.name, version_dir=version_dir,
+                          manifest=version_dir / repository.MANIFEST, tolerance=tolerance,
                           requests=requests, expected_check=expected_check,
                           expected_warmup=expected_warmup)
 

@@ -27,7 +27,7 @@ compared with the JAX model's output; the largest difference must stay within
 the plan's tolerance (the exporter's, relative to the output's magnitude).
 
 Prints a table (model, source, signature, requests, max error, tolerance, ok),
-records the result in each export's assets.extra/export_manifest.json under
+records the result in each export's manifest (the plan names the file) under
 "serving_checks" (keyed by the TensorFlow version it ran under), and exits 1
 on any mismatch or error.
 
@@ -51,7 +51,6 @@ import tensorflow as tf
 from tensorflow_serving.apis import prediction_log_pb2
 
 WARMUP_FILE = "assets.extra/tf_serving_warmup_requests"
-MANIFEST_FILE = "assets.extra/export_manifest.json"
 SERVING_PATH = ("tf.compat.v1.saved_model.loader.load(tags=['serve']) + Session.run of "
                 "signature tensor names, warmup replayed first (tensorflow_model_server's path)")
 
@@ -182,7 +181,7 @@ def serving_tensorflow() -> dict[str, str]:
 def record(model: dict[str, Any], rows: list[Row]) -> None:
   """Adds this run to the export's manifest, so the version itself says which
   serving TensorFlow it was proven under (and with what margin)."""
-  path = Path(model["version_dir"]) / MANIFEST_FILE
+  path = Path(model["manifest"])
   manifest = json.loads(path.read_text())
   result = {
       **serving_tensorflow(), "path": SERVING_PATH,

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import abc
 import asyncio
+import inspect
 import os
 import ssl
 from typing import Any, Mapping, Sequence
@@ -23,7 +24,7 @@ import grpc
 import numpy as np
 
 from clients import batching, contract, grpc_client, protos, rest_client
-from clients.base import ENCODED, IMAGES, PIXELS, Call, Common, Headers, ModelRef
+from clients.base import ENCODED, IMAGES, PIXELS, Call, Client, Common, Headers, ModelRef
 from clients.batching import DEFAULT_BATCH_SIZE
 from clients.connection import Tls
 from clients.errors import ClientError
@@ -33,7 +34,15 @@ from clients.retry import RetryPolicy, acall_with_retries
 
 
 class AsyncClient(Common, abc.ABC):
-  """clients.base.Client, awaited: the same methods, arguments and results."""
+  """clients.base.Client, awaited: the same methods, arguments and results.
+
+  The public methods carry Client's docstrings (`_document`), so the API
+  is described once; tests/clients/test_aio_api.py checks that the names,
+  parameters and docstrings match. `reload_config` (GrpcClient's) has no
+  async twin on purpose: it is an operator's action, which the rollout tool
+  (serving/rollout.py) takes synchronously from a command line while it waits
+  for the load, not something a service does from its event loop.
+  """
 
   @abc.abstractmethod
   async def _predict(self, model: ModelRef, signature: str, inputs: dict[str, np.ndarray],
@@ -53,7 +62,7 @@ class AsyncClient(Common, abc.ABC):
     """Whether the server answers at all (one attempt)."""
 
   async def close(self) -> None:
-    """Releases the connection; the client cannot be used afterwards."""
+    pass  # the transports release theirs
 
   async def predict(self, model: str, inputs: Mapping[str, Any], *,
                     version: int | None = None, label: str | None = None,
@@ -61,7 +70,6 @@ class AsyncClient(Common, abc.ABC):
                     progress: bool | None = None, timeout: float | None = None,
                     headers: Headers | None = None,
                     output_filter: Sequence[str] | None = None) -> Prediction:
-    """Any signature, inputs by name; rows beyond batch_size go in several requests."""
     ref = ModelRef(model, version, label)
     call = self._call(timeout, headers, output_filter)
     arrays, n = self._arrays(inputs)
@@ -73,11 +81,9 @@ class AsyncClient(Common, abc.ABC):
     return result
 
   async def predict_images(self, model: str, images: np.ndarray, **kwargs: Any) -> Prediction:
-    """`serving_default` on preprocessed float32 [b, S, S, 3] in [-1, 1]."""
     return await self.predict(model, self._images(images), signature=IMAGES.name, **kwargs)
 
   async def predict_pixels(self, model: str, pixels: np.ndarray, **kwargs: Any) -> Prediction:
-    """`predict_uint8` on raw uint8 [b, S, S, 3] pixels at the model's size."""
     return await self.predict(model, self._pixels(pixels), signature=PIXELS.name, **kwargs)
 
   async def predict_encoded(self, model: str, images: Sequence[bytes | str | os.PathLike], *,
@@ -85,7 +91,6 @@ class AsyncClient(Common, abc.ABC):
                             batch_size: int | None = None, progress: bool | None = None,
                             timeout: float | None = None, headers: Headers | None = None,
                             output_filter: Sequence[str] | None = None) -> Prediction:
-    """`predict_bytes` on encoded images (bytes or file paths) of any size."""
     ref = ModelRef(model, version, label)
     call = self._call(timeout, headers, output_filter)
     sources = list(images)
@@ -98,29 +103,24 @@ class AsyncClient(Common, abc.ABC):
   async def metadata(self, model: str, *, version: int | None = None,
                      label: str | None = None, timeout: float | None = None,
                      headers: Headers | None = None) -> ModelMetadata:
-    """The signatures of a model version (GetModelMetadata)."""
     return await self._metadata(ModelRef(model, version, label), self._call(timeout, headers))
 
   async def status(self, model: str, *, version: int | None = None,
                    timeout: float | None = None,
                    headers: Headers | None = None) -> list[VersionStatus]:
-    """The state of each version of a model, newest first (GetModelStatus)."""
     return await self._status(ModelRef(model, version), self._call(timeout, headers))
 
   async def image_size(self, model: str, *, version: int | None = None,
                        label: str | None = None) -> int:
-    """The model's input size S, from its default signature."""
     return (await self.metadata(model, version=version, label=label)).image_size()
 
   async def is_server_live(self, *, timeout: float | None = None,
                            headers: Headers | None = None) -> bool:
-    """Whether the server answers; one attempt (see Client.is_server_live)."""
     return await self._live(self._call(timeout, headers))
 
   async def is_model_ready(self, model: str, *, version: int | None = None,
                            label: str | None = None, timeout: float | None = None,
                            headers: Headers | None = None) -> bool:
-    """Whether the version (a number, a label, or any version) is AVAILABLE."""
     call = self._call(timeout, headers)
     try:
       if label is not None:
@@ -309,3 +309,16 @@ def _failure(e: BaseException, timeout: float, where: str) -> ClientError:
       return ClientError("UNAVAILABLE", f"bad response: {e.message}", where)
     return rest_client.transport_error(e, timeout, where)
   raise e
+
+
+def _document(aio: type, sync: type) -> None:
+  """Gives the public methods of `aio` the docstrings of `sync`'s methods of
+  the same names, so each is written once."""
+  for name, method in vars(aio).items():
+    if not name.startswith("_") and inspect.iscoroutinefunction(method):
+      method.__doc__ = inspect.getdoc(getattr(sync, name))
+
+
+_document(AsyncClient, Client)
+_document(AsyncGrpcClient, grpc_client.GrpcClient)
+_document(AsyncRestClient, rest_client.RestClient)

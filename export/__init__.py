@@ -11,7 +11,7 @@ from typing import Any
 # must not pay for JAX or TensorFlow.
 _API = {"CheckpointError": "export.checkpoint", "load_checkpoint": "export.checkpoint",
         "save_checkpoint": "export.checkpoint", "MODELS": "export.configs",
-        "ModelConfig": "export.configs", "get_config": "export.configs",
+        "ViTConfig": "export.configs", "get_config": "export.configs",
         "VisionTransformer": "export.models", "build_model": "export.models",
         "export_checkpoint": "export.exporter"}
 

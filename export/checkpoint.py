@@ -21,7 +21,7 @@ import numpy as np
 import scipy.ndimage
 
 from export import download, zoo
-from export.configs import ModelConfig
+from export.configs import ViTConfig
 from export.models import build_model
 
 Params = dict[str, Any]
@@ -109,14 +109,14 @@ def interpolate_posembed(posemb: np.ndarray, num_tokens: int, has_class_token: b
   return np.concatenate([tok, grid.reshape(1, gs_new * gs_new, -1)], axis=1)
 
 
-def native_image_size(flat: Mapping[str, np.ndarray], cfg: ModelConfig) -> int:
+def native_image_size(flat: Mapping[str, np.ndarray], cfg: ViTConfig) -> int:
   """The image size a checkpoint was trained at, from its position embedding."""
   tokens = flat["Transformer/posembed_input/pos_embedding"].shape[1]
   grid = tokens - (1 if cfg.classifier == "token" else 0)
   return int(round(np.sqrt(grid))) * cfg.total_stride
 
 
-def expected_shapes(cfg: ModelConfig, image_size: int, *, features_only: bool = False
+def expected_shapes(cfg: ViTConfig, image_size: int, *, features_only: bool = False
                     ) -> dict[str, tuple[int, ...]]:
   """Flat key -> shape of the model's parameters (via `jax.eval_shape`)."""
   model = build_model(cfg, features_only=features_only)
@@ -130,7 +130,7 @@ def _is_groupnorm(key: str) -> bool:
   return len(parts) > 1 and parts[-2].startswith("gn")
 
 
-def load_checkpoint(src: str | os.PathLike, cfg: ModelConfig, image_size: int | None = None,
+def load_checkpoint(src: str | os.PathLike, cfg: ViTConfig, image_size: int | None = None,
                     *, features_only: bool = False) -> Params:
   """Parameters for `build_model(cfg)` from a checkpoint.
 

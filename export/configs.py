@@ -1,7 +1,7 @@
 """Model configurations: typed and frozen, with the original field names.
 
 A config is read once, at the edge (`get_config`: a registered name, a JSON
-file or a dict), into a `ModelConfig`; everything downstream (`build_model`,
+file or a dict), into a `ViTConfig`; everything downstream (`build_model`,
 `total_stride`, `native_image_size`, `load_checkpoint`, the exporter, the
 digits trainer) takes that object and never re-normalizes. Field names are
 exactly the original `vit_jax/configs/models.py` ConfigDict's, so a JSON file
@@ -109,8 +109,11 @@ class ResNet(_Fields):
 
 
 @dataclasses.dataclass(frozen=True)
-class ModelConfig(_Fields):
-  """A ViT or ResNet+ViT hybrid, as the original `vit_jax` configs describe it."""
+class ViTConfig(_Fields):
+  """A ViT or ResNet+ViT hybrid, as the original `vit_jax` configs describe it.
+
+  Not named ModelConfig: that is TF Serving's models.config entry
+  (`tensorflow_serving.config.ModelConfig`), which the exporter writes too."""
   hidden_size: int
   patches: Patches
   transformer: Transformer
@@ -189,24 +192,24 @@ _SPECS: dict[str, dict[str, Any]] = {
     "R50+B/16": _hybrid(_vit(*_B, 16), (3, 4, 9), 1),
     "R50+L/32": _hybrid(_vit(*_L, 32), (3, 4, 6, 3), 1),
 }
-MODELS: dict[str, ModelConfig] = {
-    name: ModelConfig.from_dict({**spec, "model_name": (
+MODELS: dict[str, ViTConfig] = {
+    name: ViTConfig.from_dict({**spec, "model_name": (
         "ViT-" + name if "+" not in name else name.replace("+", "+ViT-")).replace("/", "_")})
     for name, spec in _SPECS.items()}
 
 
-def get_config(spec: str | os.PathLike | Mapping[str, Any]) -> ModelConfig:
+def get_config(spec: str | os.PathLike | Mapping[str, Any]) -> ViTConfig:
   """The config from a registered name (`B/16`, `R50+L/32`, also `ViT-B_16`,
   `R50+ViT-L_32`, `B_16`, `R50_L_32`), a JSON file path, or a mapping with the
-  original field names (a ModelConfig is returned as it is)."""
-  if isinstance(spec, ModelConfig):
+  original field names (a ViTConfig is returned as it is)."""
+  if isinstance(spec, ViTConfig):
     return spec
   if isinstance(spec, Mapping):
-    return ModelConfig.from_dict(spec)
+    return ViTConfig.from_dict(spec)
   spec = os.fspath(spec)
   if spec.endswith(".json") or os.path.isfile(spec):
     with open(spec) as f:
-      return ModelConfig.from_dict(json.load(f))
+      return ViTConfig.from_dict(json.load(f))
   name = canonical_name(spec)
   if name is None:
     raise KeyError(f"unknown model {spec!r}; known: {', '.join(MODELS)}")

@@ -20,13 +20,14 @@ Training is cached in `<cache>/<run>-<key>/` (default `.cache/default_model/`
 in the project, or $VIT_DEFAULT_MODEL_CACHE, or --cache-dir); the key hashes
 the config, the recipe, the library versions and the source of the modules
 that decide the weights, so a change to any of them retrains and nothing else
-does. A run whose checkpoint (by sha256, as recorded in each version's
-`export_manifest.json`) is already published is skipped, so running the
-command twice adds no versions.
+does. A run that is already published is not exported again (the exporter's
+rule: a version whose manifest records the same export fingerprint, i.e. the
+same checkpoint sha256 and options), so running the command twice adds no
+versions.
 
 Any other `--model` is a real checkpoint name (seed model, augreg name, URL or
 path) and is delegated to `export_checkpoint`, published under a name derived
-from it (`B/16` -> `vit_b_16`), likewise skipped when already published.
+from it (`B/16` -> `vit_b_16`), likewise not exported twice.
 """
 
 from __future__ import annotations
@@ -37,7 +38,6 @@ import hashlib
 import importlib.metadata
 import json
 import os
-import posixpath
 import re
 import shutil
 import sys
@@ -46,7 +46,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
-from export import quiet
+from export import download, quiet, steplog
 from export.__main__ import batch_size_list
 
 MODEL_NAME = "vit_digits"
@@ -93,22 +93,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
   return args
 
 
-if __name__ == "__main__":
-  # Answer --help and bad arguments before the imports below (JAX, TensorFlow).
-  _ARGS = parse_args(sys.argv[1:])
-  quiet.import_tensorflow(_ARGS.verbose)
-
-from export import digits, steplog  # noqa: E402
-from export.checkpoint import save_checkpoint  # noqa: E402
-from export.download import sha256  # noqa: E402
-
-if TYPE_CHECKING:  # the exporter imports TensorFlow; only its type is needed here
+if TYPE_CHECKING:  # JAX and TensorFlow are imported by the functions that use them
+  from export.digits import Recipe
   from export.exporter import ModelConfigFile
 
-RUNS: dict[str, digits.Recipe] = {     # published in this order: versions 1, 2
-    "short": digits.Recipe(steps=500),
-    "long": digits.Recipe(steps=2000),
-}
 _PROJECT = Path(__file__).resolve().parent.parent
 # The modules whose code decides the trained weights and the checkpoint bytes.
 _KEYED_SOURCES = ("digits.py", "models.py", "configs.py", "checkpoint.py")
@@ -137,8 +125,10 @@ def default_cache_dir() -> Path:
   return Path(os.environ.get(CACHE_ENV) or _PROJECT / ".cache" / "default_model")
 
 
-def cache_key(recipe: digits.Recipe) -> str:
+def cache_key(recipe: Recipe) -> str:
   """sha256 over everything that decides a run's checkpoint bytes."""
+  from export import digits
+
   digest = hashlib.sha256()
   spec = {"config": digits.CONFIG.to_dict(), "recipe": dataclasses.asdict(recipe),
           "image_size": digits.IMAGE_SIZE, "labels": digits.LABELS,
@@ -153,7 +143,10 @@ def cache_key(recipe: digits.Recipe) -> str:
 def trained_run(run: str, cache_dir: str | os.PathLike | None = None, *,
                 log: Log = print) -> CachedRun:
   """The cached run, training it first when it is not in the cache."""
-  recipe = RUNS[run]
+  from export import digits
+  from export.checkpoint import save_checkpoint
+
+  recipe = digits.RUNS[run]
   cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
   key = cache_key(recipe)
   directory = cache_dir / f"{run}-{key[:16]}"
@@ -184,7 +177,7 @@ def trained_run(run: str, cache_dir: str | os.PathLike | None = None, *,
         "train_accuracy": result.train_accuracy,
         "final_loss": result.final_loss,
         "train_seconds": round(result.seconds, 1),
-        "checkpoint_sha256": sha256(tmp / "checkpoint.npz"),
+        "checkpoint_sha256": download.sha256(tmp / "checkpoint.npz"),
         "libraries": {lib: importlib.metadata.version(lib) for lib in _KEYED_LIBRARIES},
     }
     (tmp / "training.json").write_text(json.dumps(info, indent=2) + "\n")
@@ -200,42 +193,10 @@ def trained_run(run: str, cache_dir: str | os.PathLike | None = None, *,
   return CachedRun(directory, info, cached=False)
 
 
-def published_checkpoints(repo: str | os.PathLike, name: str) -> dict[int, str]:
-  """version -> checkpoint sha256 of a model's published versions, from their
-  export manifests; `repo` is a directory or an object-storage URL."""
-  from export import remote, repository
-  manifest = ("assets.extra", "export_manifest.json")
-  if remote.is_remote(repo):
-    store = remote.RemoteRepository(os.fspath(repo))
-    versions = store.versions(name)
-    def read(v: int) -> bytes:
-      return store.fs.cat_file(posixpath.join(store.root, name, str(v), *manifest))
-  else:
-    versions = repository.versions(Path(repo) / name)
-    def read(v: int) -> bytes:
-      return Path(repo, name, str(v), *manifest).read_bytes()
-  found = {}
-  for v in versions:
-    try:
-      sha = (json.loads(read(v)).get("checkpoint") or {}).get("sha256")
-    except FileNotFoundError:
-      continue
-    if sha:
-      found[v] = sha
-  return found
-
-
-def _location(repo: str | os.PathLike, name: str, version: int) -> Path | str:
-  from export import remote
-  if remote.is_remote(repo):
-    return f"{os.fspath(repo).rstrip('/')}/{name}/{version}"
-  return Path(repo) / name / str(version)
-
-
 def model_name_for(checkpoint: str) -> str:
   """A repository name for a checkpoint name: `B/16` -> `vit_b_16`,
   `R26+S/32` -> `vit_r26_s_32`, a path or URL -> its file stem."""
-  if "://" in checkpoint or (os.sep in checkpoint and os.path.exists(checkpoint)):
+  if download.is_remote(checkpoint) or (os.sep in checkpoint and os.path.exists(checkpoint)):
     checkpoint = Path(checkpoint.rstrip("/")).name
   checkpoint = re.sub(r"\.npz$", "", checkpoint)
   slug = re.sub(r"[^a-z0-9]+", "_", checkpoint.lower()).strip("_")
@@ -246,19 +207,15 @@ def export_default(repo: str | os.PathLike, *, model_config_file: ModelConfigFil
                    name: str = MODEL_NAME, cache_dir: str | os.PathLike | None = None,
                    kind: str = "classifier", warmup_batch_sizes: tuple[int, ...] = (1, 2, 4, 8),
                    log: Log = print) -> list[Path | str]:
-  """Trains (or reuses) both runs and publishes the ones not yet published.
-  Returns the version directories, new or already present, in run order."""
+  """Trains (or reuses) both runs and publishes the ones not yet published
+  (the exporter's rule: a version with the same export fingerprint). Returns
+  the version directories, new or already present, in run order."""
+  from export import digits
   from export.exporter import export_checkpoint
 
   paths = []
-  for run in RUNS:
+  for run in digits.RUNS:
     cached = trained_run(run, cache_dir, log=log)
-    sha = cached.info["checkpoint_sha256"]
-    present = [v for v, s in published_checkpoints(repo, name).items() if s == sha]
-    if present:
-      log(f"{run}: already published as {name} version {present[0]}; skipped")
-      paths.append(_location(repo, name, present[0]))
-      continue
     started = time.perf_counter()
     path = export_checkpoint(os.fspath(cached.checkpoint), name, repo,
                              config=os.fspath(cached.config), image_size=digits.IMAGE_SIZE,
@@ -266,7 +223,7 @@ def export_default(repo: str | os.PathLike, *, model_config_file: ModelConfigFil
                              labels=digits.LABELS if kind == "classifier" else None,
                              warmup_batch_sizes=warmup_batch_sizes,
                              model_config_file=model_config_file)
-    log(f"{run}: exported {path} in {time.perf_counter() - started:.1f}s")
+    log(f"{run}: {path} ({time.perf_counter() - started:.1f}s)")
     paths.append(path)
   return paths
 
@@ -275,36 +232,38 @@ def export_named(checkpoint: str, repo: str | os.PathLike, *,
                  model_config_file: ModelConfigFile, name: str | None = None,
                  kind: str = "classifier", warmup_batch_sizes: tuple[int, ...] = (1, 2, 4, 8),
                  log: Log = print) -> Path | str:
-  """Exports a real checkpoint by name, unless its file is already published."""
-  from export import download, zoo
+  """Exports a real checkpoint by name, unless the exporter finds the same
+  export already published."""
   from export.exporter import export_checkpoint
 
   name = name or model_name_for(checkpoint) + ("_features" if kind == "features" else "")
-  sha = sha256(download.fetch(zoo.resolve(checkpoint).source))
-  present = [v for v, s in published_checkpoints(repo, name).items() if s == sha]
-  if present:
-    log(f"{checkpoint}: already published as {name} version {present[0]}; skipped")
-    return _location(repo, name, present[0])
   started = time.perf_counter()
   path = export_checkpoint(checkpoint, name, repo, kind=kind,
                            warmup_batch_sizes=warmup_batch_sizes,
                            model_config_file=model_config_file)
-  log(f"{checkpoint}: exported {path} in {time.perf_counter() - started:.1f}s")
+  log(f"{checkpoint}: {path} ({time.perf_counter() - started:.1f}s)")
   return path
 
 
 def write_images(directory: str | os.PathLike, count: int) -> list[Path]:
   """Writes `count` held-out digits as 32x32 RGB PNGs (never seen in training)."""
+  from export import digits
+
   _, test_split = digits.load()
   return digits.write_images(test_split, directory, count)
 
 
 def main(argv: list[str]) -> int:
-  return run(parse_args(argv))
+  """The command line: parses the arguments before anything heavy is imported."""
+  args = parse_args(argv)
+  quiet.import_tensorflow(args.verbose)
+  return run(args)
 
 
 def run(args: argparse.Namespace) -> int:
   """The command line's work, for arguments already parsed."""
+  from export import digits
+
   if args.write_images is not None:
     for path in write_images(args.write_images, args.count):
       print(path)
@@ -351,4 +310,4 @@ def run(args: argparse.Namespace) -> int:
 
 
 if __name__ == "__main__":
-  sys.exit(run(_ARGS))
+  sys.exit(main(sys.argv[1:]))

@@ -31,7 +31,7 @@ import numpy as np
 import optax
 from PIL import Image
 
-from export.configs import ModelConfig
+from export.configs import ViTConfig
 from export.models import build_model
 
 IMAGE_SIZE = 32
@@ -42,7 +42,7 @@ TEST_FRACTION = 0.2
 
 # A small ViT with the original field names: 8x8 patches on 32x32 images give
 # a 4x4 grid (17 tokens with the class token); ~70k parameters.
-CONFIG = ModelConfig.from_dict({
+CONFIG = ViTConfig.from_dict({
     "model_name": "ViT-digits",
     "hidden_size": 64,
     "patches": {"size": [8, 8]},
@@ -64,6 +64,12 @@ class Recipe:
   weight_decay: float = 1e-4
   max_shift: int = 2    # augmentation: random translation in pixels, zero fill
   seed: int = 0
+
+
+RUNS: dict[str, Recipe] = {     # the default model's versions 1 and 2, in this order
+    "short": Recipe(steps=500),
+    "long": Recipe(steps=2000),
+}
 
 
 @dataclasses.dataclass(frozen=True)

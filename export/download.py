@@ -49,8 +49,15 @@ class DownloadError(RuntimeError):
   """A remote source could not be fetched; the message says what to do."""
 
 
-def is_remote(src: str) -> bool:
-  return urllib.parse.urlsplit(src).scheme in ("http", "https", "gs")
+_URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
+_SCHEMES = ("http", "https", "gs")
+"""The URL schemes a checkpoint is downloaded from."""
+
+
+def is_remote(location: str | os.PathLike) -> bool:
+  """True for a URL (`gs://...`, `s3://...`, `https://...`), False for a local
+  path: the one test for checkpoint sources and model repositories alike."""
+  return isinstance(location, str) and bool(_URL.match(location))
 
 
 def cache_dir() -> Path:
@@ -96,6 +103,9 @@ def fetch(src: str, *, attempts: int = 3, progress: bool = True,
     if os.path.exists(src):
       return Path(src)
     raise FileNotFoundError(f"{src}: no such file")
+  if urllib.parse.urlsplit(src).scheme not in _SCHEMES:
+    raise DownloadError(f"{src}: checkpoints are read from local files and "
+                        f"{', '.join(s + '://' for s in _SCHEMES)} URLs")
   dest = cache_path(src)
   dest.parent.mkdir(parents=True, exist_ok=True)
   with _locked(dest):  # also keeps a concurrent download from racing the check

@@ -14,7 +14,9 @@ A `repo` given as a URL (`gs://bucket/models`, `s3://...`) is an object-storage
 repository: the version is exported and verified in a local staging
 repository as above, then published by `export.remote` (staging prefix,
 server-side copies, `saved_model.pb` last), and models.config gets the full
-URL as base_path.
+URL as base_path. Whether an export is already published is decided by one
+rule for both: a version whose manifest records this export's fingerprint
+(`_Export.fingerprint`; `repository.matching_version`).
 
 Each step is a function below, called in this order by `export_checkpoint`
 (`_load`, `_class_names`, `repository.find_export`, `_write_version` with
@@ -48,7 +50,7 @@ import tensorflow as tf
 from clients import contract
 from export import download, labels as labels_lib, remote, repository, signatures, warmup, zoo
 from export.checkpoint import flatten, load_checkpoint, native_image_size
-from export.configs import ModelConfig, get_config
+from export.configs import ViTConfig, get_config
 from export.models import build_model
 
 log = logging.getLogger("export")
@@ -161,7 +163,7 @@ class _Checkpoint:
   source: str          # what it resolved to (path or URL)
   local: Path          # the file read (the cache path for a URL)
   sha256: str
-  cfg: ModelConfig  # num_classes from the head
+  cfg: ViTConfig       # num_classes from the head
   image_size: int      # the serving resolution
   params: Any
   label_set: str | None
@@ -233,26 +235,30 @@ def export_checkpoint(checkpoint: str, name: str, repo: str | os.PathLike, *,
   """
   started = time.perf_counter()
   batch_sizes = _check_arguments(name, kind, labels, warmup_batch_sizes)
-  if remote.is_remote(repo):
-    return _export_remote(checkpoint, name, repo, version=version,
-                          model_config_file=model_config_file, config=config,
-                          image_size=image_size, kind=kind, labels=labels,
-                          warmup_batch_sizes=batch_sizes)
-  config_path = _model_config_path(model_config_file, repository.default_model_config(repo))
+  store = remote.RemoteRepository(os.fspath(repo)) if download.is_remote(repo) else None
+  config_path = _model_config_path(
+      model_config_file,
+      Path("models.config") if store else repository.default_model_config(repo))
   if config_path is not None:
     repository.check_model_config(config_path)  # fail before the slow part
+  if store is not None and version is not None:
+    store.check_free(name, version)  # likewise: object storage has no local check
   ckpt = _load(checkpoint, config, image_size, kind)
   job = _Export(name=name, kind=kind, checkpoint=ckpt, names=_class_names(ckpt, kind, labels),
                 labels_from=_labels_from(labels), batch_sizes=batch_sizes)
-  model_dir = Path(repo) / name
-  target = repository.find_export(model_dir, job.fingerprint, version)
+  target = (store.find_export(name, job.fingerprint, version) if store else
+            repository.find_export(Path(repo) / name, job.fingerprint, version))
   if target is not None:
     log.info("%s already holds this export (same checkpoint sha256 and options); "
              "not exporting it again", target)
+  elif store is not None:
+    target = _upload_version(job, store, version, started)
   else:
     target = _write_version(job, Path(repo), version, started)
   if config_path is not None:
-    _register(config_path, name, repository.base_path_for(repo, name, config_path), target)
+    base_path = (store.model_url(name) if store else
+                 repository.base_path_for(repo, name, config_path))
+    _register(config_path, name, base_path, target)
   log.info("exported %s in %.1fs", target, time.perf_counter() - started)
   return target
 
@@ -448,26 +454,17 @@ def _register(config_path: Path, name: str, base_path: str, target: Path | str) 
         f"\"{base_path}\" model_platform: \"tensorflow\" }}", Path(target)) from None
 
 
-def _export_remote(checkpoint: str, name: str, url: str, *, version: int | None,
-                   model_config_file: ModelConfigFile, **options: Any) -> str:
-  """`export_checkpoint` into an object-storage repository: the version number
-  comes from the remote listing, the export is made and verified in a local
-  staging repository, then uploaded (`remote.RemoteRepository.publish`)."""
-  store = remote.RemoteRepository(url)
-  config_path = _model_config_path(model_config_file, Path("models.config"))
-  if config_path is not None:
-    repository.check_model_config(config_path)  # fail before the slow part
-  version = version if version is not None else store.next_version(name)
-  store.check_free(name, version)
+def _upload_version(job: _Export, store: remote.RemoteRepository, version: int | None,
+                    started: float) -> str:
+  """`_write_version` into a local staging repository, then the upload
+  (`remote.RemoteRepository.publish`); the version number comes from the
+  remote listing."""
+  version = version if version is not None else store.next_version(job.name)
+  store.check_free(job.name, version)
   with tempfile.TemporaryDirectory(prefix="export-staging-") as staging:
-    local = export_checkpoint(checkpoint, name, staging, version=version,
-                              model_config_file=None, **options)
-    with _step(f"upload version {version} to {store.model_url(name)}"):
-      target = store.publish(local, name, version)
-  if config_path is not None:
-    _register(config_path, name, store.model_url(name), target)
-  log.info("published %s", target)
-  return target
+    local = _write_version(job, Path(staging), version, started)
+    with _step(f"upload version {version} to {store.model_url(job.name)}"):
+      return store.publish(local, job.name, version)
 
 
 def _remove_empty(dirs: list[Path]) -> None:

@@ -16,7 +16,7 @@ from typing import Any, Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
-from export.configs import ModelConfig
+from export.configs import ViTConfig
 
 
 def weight_standardize(w: jnp.ndarray, axis: Sequence[int], eps: float) -> jnp.ndarray:
@@ -173,7 +173,7 @@ class VisionTransformer(nn.Module):
     return nn.Dense(num_classes, name="head", kernel_init=nn.initializers.zeros)(x)
 
 
-def build_model(cfg: ModelConfig, *, features_only: bool = False) -> VisionTransformer:
+def build_model(cfg: ViTConfig, *, features_only: bool = False) -> VisionTransformer:
   """A VisionTransformer for a config (see `configs.get_config`).
 
   `features_only` drops the head: the model returns the `pre_logits` vector.

@@ -61,7 +61,7 @@ from pathlib import Path
 
 import fsspec
 
-from export.repository import PublishError
+from export.repository import MANIFEST, PublishError, matching_version
 
 log = logging.getLogger("export")
 
@@ -69,14 +69,8 @@ SAVED_MODEL = "saved_model.pb"
 STALE_AFTER = dt.timedelta(days=1)
 """Staging prefixes older than this are taken as left by a killed export."""
 
-_URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 _STAMP = "%Y%m%dT%H%M%SZ"
 _STAGING = re.compile(r"^\.tmp-(\d{8}T\d{6}Z)-[0-9a-f]+$")
-
-
-def is_remote(repo: str | os.PathLike) -> bool:
-  """True for a URL (`gs://...`, `s3://...`), False for a local path."""
-  return isinstance(repo, str) and bool(_URL.match(repo))
 
 
 def _local_files(local_dir: Path) -> dict[str, int]:
@@ -121,6 +115,14 @@ class RemoteRepository:
   def next_version(self, name: str) -> int:
     existing = self.versions(name)
     return existing[-1] + 1 if existing else 1
+
+  def find_export(self, name: str, fingerprint: str, version: int | None = None) -> str | None:
+    """The URL of the version whose manifest has `fingerprint` (only
+    `version` when given), or None: `repository.find_export` for object storage."""
+    found = matching_version(
+        [version] if version is not None else self.versions(name),
+        lambda v: self.fs.cat_file(self._path(name, str(v), MANIFEST.as_posix())), fingerprint)
+    return None if found is None else f"{self.model_url(name)}/{found}"
 
   def remove_stale_staging(self, name: str, now: dt.datetime | None = None) -> list[str]:
     """Removes the model's staging prefixes older than `STALE_AFTER`."""

@@ -27,9 +27,10 @@ published version gets the permissions the umask gives (0755 under the usual
 022) and a server running as another user can read it.
 
 Each version's `assets.extra/export_manifest.json` records a fingerprint of
-what was exported (checkpoint sha256 and options); `find_export` lets a retry
-of the same export find the version an earlier run published instead of
-making a second one.
+what was exported (checkpoint sha256 and options); `find_export` (and
+`remote.RemoteRepository.find_export`, through the same `matching_version`)
+lets a retry of the same export find the version an earlier run published
+instead of making a second one.
 
 `models.config` is a `tensorflow_serving.config.ModelServerConfig` text proto.
 A newly exported model gets an entry
@@ -57,13 +58,14 @@ import os
 import secrets
 import shutil
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 from clients import model_config
 
 _TMP_PREFIX = ".tmp-"
 MANIFEST = Path("assets.extra") / "export_manifest.json"
-"""Where in a version the exporter writes its manifest."""
+"""Where in a version the exporter writes its manifest (the one place that
+knows; object storage uses `MANIFEST.as_posix()`)."""
 
 
 class PublishError(RuntimeError):
@@ -180,19 +182,30 @@ def publish(tmp: str | os.PathLike, model_dir: str | os.PathLike, version: int) 
   return target
 
 
+def matching_version(candidates: Iterable[int], read_manifest: Callable[[int], bytes],
+                     fingerprint: str) -> int | None:
+  """The first of the `candidates` versions whose manifest records
+  `fingerprint`, or None: the one "already published?" rule, for local and
+  object-storage repositories (`read_manifest(version)` reads its MANIFEST;
+  a version without a readable one is not an export of ours)."""
+  for v in candidates:
+    try:
+      manifest = json.loads(read_manifest(v))
+    except (OSError, ValueError):
+      continue
+    if isinstance(manifest, dict) and manifest.get("fingerprint") == fingerprint:
+      return v
+  return None
+
+
 def find_export(model_dir: str | os.PathLike, fingerprint: str,
                 version: int | None = None) -> Path | None:
   """The published version whose manifest has `fingerprint` (only `version`
   when given), or None: how a retry finds what an earlier run published."""
-  candidates = [version] if version is not None else versions(model_dir)
-  for v in candidates:
-    try:
-      manifest = json.loads((Path(model_dir) / str(v) / MANIFEST).read_text())
-    except (OSError, ValueError):
-      continue
-    if manifest.get("fingerprint") == fingerprint:
-      return Path(model_dir) / str(v)
-  return None
+  model_dir = Path(model_dir)
+  found = matching_version([version] if version is not None else versions(model_dir),
+                           lambda v: (model_dir / str(v) / MANIFEST).read_bytes(), fingerprint)
+  return None if found is None else model_dir / str(found)
 
 
 def default_model_config(repo: str | os.PathLike) -> Path:

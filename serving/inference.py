@@ -121,11 +121,12 @@ def _names(names) -> str:
 
 # -------------------------------------------------------- classify / regress
 
-def example_signature(servable: Servable, name: str, method: str,
-                      options: Options) -> tuple[str, meta_graph_pb2.SignatureDef]:
+def example_signature(servable: Servable, name: str, method: str, options: Options
+                      ) -> tuple[meta_graph_pb2.SignatureDef, str, list[str]]:
   """classifier.cc GetClassificationSignatureDef / regressor.cc
   GetRegressionSignatureDef: any signature whose inputs and outputs fit the
-  API serves it, unless --enable_signature_method_name_check."""
+  API serves it, unless --enable_signature_method_name_check. Returns it with
+  its input tensor name and output tensor names (`_example_tensors`)."""
   key = signature_key(name)
   signature = servable.signature_defs.get(key)
   if signature is None:
@@ -134,8 +135,7 @@ def example_signature(servable: Servable, name: str, method: str,
   if options.method_name_check and signature.method_name != method:
     raise invalid_argument(
         f"Expected {kind} signature method_name to be {method}. Was: {signature.method_name}")
-  _example_tensors(signature, method)
-  return key, signature
+  return (signature, *_example_tensors(signature, method))
 
 
 def _example_tensors(signature: meta_graph_pb2.SignatureDef, method: str
@@ -174,9 +174,8 @@ def _short(signature: meta_graph_pb2.SignatureDef) -> str:
 async def classify(servable: Servable, request: classification_pb2.ClassificationRequest,
                    run: Run, options: Options) -> classification_pb2.ClassificationResponse:
   """classifier.cc RunClassify."""
-  _, signature = example_signature(servable, request.model_spec.signature_name,
-                                   CLASSIFY_METHOD, options)
-  input_name, fetches = _example_tensors(signature, CLASSIFY_METHOD)
+  signature, input_name, fetches = example_signature(
+      servable, request.model_spec.signature_name, CLASSIFY_METHOD, options)
   examples = serialized_examples(request.input)
   outputs = await run({input_name: examples}, sorted(set(fetches)))
   response = classification_pb2.ClassificationResponse()
@@ -188,9 +187,8 @@ async def classify(servable: Servable, request: classification_pb2.Classificatio
 async def regress(servable: Servable, request: regression_pb2.RegressionRequest, run: Run,
                   options: Options) -> regression_pb2.RegressionResponse:
   """regressor.cc RunRegress."""
-  _, signature = example_signature(servable, request.model_spec.signature_name,
-                                   REGRESS_METHOD, options)
-  input_name, fetches = _example_tensors(signature, REGRESS_METHOD)
+  signature, input_name, fetches = example_signature(
+      servable, request.model_spec.signature_name, REGRESS_METHOD, options)
   examples = serialized_examples(request.input)
   outputs = await run({input_name: examples}, fetches)
   response = regression_pb2.RegressionResponse()

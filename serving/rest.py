@@ -44,6 +44,7 @@ from serving import rest_json, tensors
 from serving.errors import Code, ServingError, invalid_argument
 from serving.metrics import Call, Metrics
 from serving.services import ModelService, PredictionService
+from serving.inference import signature_key
 
 log = logging.getLogger("serving")
 
@@ -256,7 +257,7 @@ class RestServer:
   def _signature_inputs(self, spec: model_pb2.ModelSpec,
                         signature_name: str) -> dict[str, meta_graph_pb2.TensorInfo]:
     """http_rest_api_handler.cc: GetInfoMap."""
-    key = signature_name or "serving_default"
+    key = signature_key(signature_name)
     signature = self.prediction_service.signature_defs(spec).get(key)
     if signature is None:
       raise invalid_argument(f"Serving signature name: \"{tensors.clip(key)}\" not "

@@ -697,6 +697,6 @@ def _shape_text(shape: list[int]) -> str:
   return "[" + ",".join(map(str, shape)) + "]"
 
 
-__all__ = ["Format", "classification_response", "cut_name", "debug_string", "error_response",
+__all__ = ["Format", "classification_response", "debug_string", "error_response",
            "fill_example_request", "fill_predict_request", "metadata_response", "parse",
            "predict_response", "regression_response", "signature_name", "status_response"]

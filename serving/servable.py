@@ -23,12 +23,13 @@ import numpy as np
 import tensorflow as tf
 from tensorflow.core.protobuf import config_pb2, meta_graph_pb2
 
+from clients import contract
 from serving.config import BatchingOptions, BatchingParameters, parse_text_file
 from serving.errors import Code, ServingError, from_tf_error
 
 log = logging.getLogger("serving")
 
-DEFAULT_SIGNATURE = "serving_default"
+DEFAULT_SIGNATURE = contract.DEFAULT.name  # "serving_default", TF Serving's default key
 # servables/tensorflow/bundle_factory_util.cc: kBatchingParamsFilename.
 BATCHING_PARAMS_FILE = "batching_params.pbtxt"
 

@@ -41,7 +41,7 @@ class UnknownCheckpointError(FileNotFoundError):
 class ResolvedCheckpoint:
   """What a --checkpoint value stands for."""
   source: str                             # local path, http(s):// or gs:// URL
-  config: configs.ModelConfig | None = None    # implied by the name
+  config: configs.ViTConfig | None = None    # implied by the name
   image_size: int | None = None           # serving resolution implied by the name
   label_set: str | None = None            # e.g. "imagenet2012", for the labels
   augreg_name: augreg.AugregName | None = None  # the parsed augreg name, if any

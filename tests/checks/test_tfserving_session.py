@@ -24,6 +24,7 @@ import tensorflow as tf
 
 from checks import tfserving_plan as plan
 from checks import tfserving_session as session
+from export import repository
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "checks" / "tfserving_session.py"
@@ -70,7 +71,7 @@ def _write_plan(tmp_path: Path, saved_model: Path, warmup: list[Any] | None = No
   shutil.copytree(saved_model, version_dir)
   extra = version_dir / "assets.extra"
   extra.mkdir(exist_ok=True)
-  (extra / "export_manifest.json").write_text(json.dumps({"name": "toy"}))
+  (version_dir / repository.MANIFEST).write_text(json.dumps({"name": "toy"}))
   warmup = warmup if warmup is not None else [
       plan.predict_log("toy", "serving_default", {"images": _images(2, 1)}),
       plan.predict_log("toy", "doubled", {"x": np.array([1, 2, 3], np.float32)})]
@@ -91,7 +92,7 @@ def _write_plan(tmp_path: Path, saved_model: Path, warmup: list[Any] | None = No
 def _rewrite(tmp_path: Path, version_dir: Path, requests: list[Any],
              expected: dict[str, Any]) -> Path:
   entry = plan.write_model(tmp_path / "work", name="toy", version_dir=version_dir,
-                           tolerance=TOLERANCE, requests=requests,
+                           manifest=version_dir / repository.MANIFEST, tolerance=TOLERANCE, requests=requests,
                            expected_check=expected["check"],
                            expected_warmup=expected["warmup"])
   return plan.write_plan(tmp_path, [entry])
@@ -112,7 +113,7 @@ def test_passes_on_the_true_outputs_and_records_the_serving_tensorflow(
   assert {(r[1], r[2]) for r in rows} == {("warmup", "serving_default"), ("warmup", "doubled"),
                                           ("check", "serving_default"), ("check", "doubled")}
   assert ["toy", "check", "serving_default", "3", "0,1,5"] == rows[2][:5]
-  manifest = json.loads((version_dir / "assets.extra/export_manifest.json").read_text())
+  manifest = json.loads((version_dir / repository.MANIFEST).read_text())
   assert manifest["name"] == "toy"
   result = manifest["serving_checks"][tf.__version__]
   assert result["tensorflow"] == tf.__version__ and result["ok"] is True
@@ -135,7 +136,7 @@ def test_fails_on_a_tampered_expectation(tmp_path: Path, saved_model: Path, tamp
   assert status == 1, out
   failed = [line for line in out.splitlines() if line.endswith("FAIL")]
   assert len(failed) == 1 and failed[0].split()[1] == reason, out
-  manifest = json.loads((version_dir / "assets.extra/export_manifest.json").read_text())
+  manifest = json.loads((version_dir / repository.MANIFEST).read_text())
   assert manifest["serving_checks"][tf.__version__]["ok"] is False
 
 

@@ -15,7 +15,7 @@ import pytest
 from PIL import Image
 
 import export
-from export import default_model, digits
+from export import default_model, digits, repository
 from export.checkpoint import read_npz
 
 
@@ -49,7 +49,7 @@ def test_short_run_reaches_95_percent_on_the_recorded_held_out_split(short_run, 
   assert not short_run.cached
   assert info["test_accuracy"] >= 0.95
   assert info["data"]["test_indices"] == [int(i) for i in data[1].indices]
-  assert info["recipe"]["steps"] == default_model.RUNS["short"].steps
+  assert info["recipe"]["steps"] == digits.RUNS["short"].steps
 
 
 def test_checkpoint_is_in_the_published_format_and_loads(short_run, data):
@@ -89,7 +89,7 @@ def test_training_is_deterministic(data):
 
 
 def test_cache_key_follows_recipe_and_config(monkeypatch):
-  short = default_model.RUNS["short"]
+  short = digits.RUNS["short"]
   key = default_model.cache_key(short)
   assert key == default_model.cache_key(digits.Recipe(steps=short.steps))
   assert key != default_model.cache_key(digits.Recipe(steps=short.steps + 1))
@@ -99,7 +99,7 @@ def test_cache_key_follows_recipe_and_config(monkeypatch):
 
 def test_cli_publishes_each_run_once(tmp_path, capsys, monkeypatch):
   # Tiny recipes: what is checked here does not depend on accuracy.
-  monkeypatch.setattr(default_model, "RUNS", {"short": digits.Recipe(steps=20)})
+  monkeypatch.setattr(digits, "RUNS", {"short": digits.Recipe(steps=20)})
   args = ["--repo", str(tmp_path / "models"), "--cache-dir", str(tmp_path / "cache")]
   model_dir = tmp_path / "models" / default_model.MODEL_NAME
   assert default_model.main(args) == 0
@@ -107,18 +107,18 @@ def test_cli_publishes_each_run_once(tmp_path, capsys, monkeypatch):
   assert out.out.split() == [str(model_dir / "1")]
   assert "training 20 steps" in out.err and "export: publish version 1" in out.err
 
-  default_model.RUNS["long"] = digits.Recipe(steps=40)  # a new (or changed) run
+  digits.RUNS["long"] = digits.Recipe(steps=40)  # a new (or changed) run
   assert default_model.main(args) == 0
   out = capsys.readouterr()
   assert out.out.split() == [str(model_dir / "1"), str(model_dir / "2")]
-  assert "short: cached in" in out.err and "short: already published" in out.err
+  assert "short: cached in" in out.err
+  assert f"{model_dir / '1'} already holds this export" in out.err  # the exporter's rule
   assert "long: training 40 steps" in out.err
 
   by_run = {i["run"]: i for i in (json.loads(p.read_text())
                                   for p in (tmp_path / "cache").glob("*/training.json"))}
   for version, run in ((1, "short"), (2, "long")):
-    manifest = json.loads((model_dir / str(version) / "assets.extra" /
-                           "export_manifest.json").read_text())
+    manifest = json.loads((model_dir / str(version) / repository.MANIFEST).read_text())
     assert manifest["checkpoint"]["sha256"] == by_run[run]["checkpoint_sha256"]
     assert manifest["kind"] == "classifier" and manifest["image_size"] == 32
     labels = (model_dir / str(version) / "assets" / "labels.txt").read_text().split()
@@ -129,8 +129,9 @@ def test_cli_publishes_each_run_once(tmp_path, capsys, monkeypatch):
   assert default_model.main(args) == 0  # idempotent: no retraining, no new versions
   out = capsys.readouterr()
   assert out.out.split() == [str(model_dir / "1"), str(model_dir / "2")]
-  assert out.err.count("cached in") == 2 and out.err.count("skipped") == 2
-  assert "export: " not in out.err
+  assert out.err.count("cached in") == 2
+  assert out.err.count("already holds this export") == 2
+  assert "publish version" not in out.err
   assert sorted(p.name for p in model_dir.iterdir()) == ["1", "2"]
   assert (tmp_path / "models.config").read_text() == config
 
@@ -189,26 +190,3 @@ def test_write_class_folders_writes_training_digits_by_label(tmp_path, data):
       assert len(where) == 1, "not a training image"
       assert train.labels[where[0]] == int(folder.name)
       np.testing.assert_array_equal(np.asarray(Image.open(f)), train.images[where[0]])
-
-
-@pytest.mark.parametrize("remote", [False, True])
-def test_published_checkpoints_reads_local_and_object_storage_manifests(remote, tmp_path):
-  import fsspec
-  if remote:
-    repo = f"memory://published-{tmp_path.name}"
-    fs, root = fsspec.core.url_to_fs(repo)
-    write = lambda rel, data: fs.pipe_file(f"{root}/{rel}", data)  # noqa: E731
-  else:
-    repo = tmp_path
-
-    def write(rel: str, data: bytes) -> None:
-      (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
-      (tmp_path / rel).write_bytes(data)
-  manifest = "assets.extra/export_manifest.json"
-  write(f"m/1/{manifest}", json.dumps({"checkpoint": {"sha256": "aa"}}).encode())
-  write(f"m/2/{manifest}", json.dumps({"checkpoint": None}).encode())
-  write("m/3/saved_model.pb", b"")  # no manifest: not ours, ignored
-  write(f"m/.tmp-1-x/{manifest}", json.dumps({"checkpoint": {"sha256": "bb"}}).encode())
-  write(f"m/4/{manifest}", json.dumps({"checkpoint": {"sha256": "cc"}}).encode())
-  assert default_model.published_checkpoints(repo, "m") == {1: "aa", 4: "cc"}
-  assert default_model.published_checkpoints(repo, "other") == {}

@@ -12,6 +12,7 @@ import http.server
 import re
 import socket
 import threading
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -238,6 +239,19 @@ def test_connection_refused_names_url_and_cache_path(tmp_path, monkeypatch):
   assert f"http://127.0.0.1:{port}/vit_models/augreg/x.npz" in message
   assert str(tmp_path / "vit_models" / "augreg" / "x.npz") in message
   assert "cannot reach" in message
+
+
+def test_is_remote_means_a_url_for_sources_and_repositories_alike():
+  for url in ("s3://bucket/models", "gs://b", "https://host/x.npz", "memory://m"):
+    assert download.is_remote(url)
+  for path in ("models", "/tmp/models", "B/16", "R26+S/32", Path("/tmp/models")):
+    assert not download.is_remote(path)
+
+
+def test_url_of_another_scheme_is_one_clear_error(tmp_path):
+  with pytest.raises(download.DownloadError, match="s3://b/x.npz: checkpoints are read "
+                     "from local files and http://, https://, gs:// URLs"):
+    download.fetch("s3://b/x.npz")
 
 
 def test_local_paths_pass_through(data_dir):

@@ -227,8 +227,8 @@ def test_export_at_other_image_size_resizes_posemb(exported, loaded, data_dir,
   assert sig.structured_input_signature[1]["images"].shape.as_list() == [None, 48, 48, 3]
   np.testing.assert_allclose(sig(images=tf.constant(x))["logits"], expected,
                              atol=5e-5, rtol=5e-5)
-  manifest = json.loads((exported("vit_a_token", "classifier", 48) / "assets.extra" /
-                         "export_manifest.json").read_text())
+  manifest = json.loads((exported("vit_a_token", "classifier", 48) /
+                         repository.MANIFEST).read_text())
   assert manifest["image_size"] == 48
 
 
@@ -274,7 +274,7 @@ def test_feature_extractor_fine_tunes_from_tensorflow(loaded, data_dir, referenc
 
 def test_manifest_records_source_and_verification(exported, data_dir, reference_manifest):
   path = exported("hybrid_c1_r1_wf1", "classifier")
-  manifest = json.loads((path / "assets.extra" / "export_manifest.json").read_text())
+  manifest = json.loads((path / repository.MANIFEST).read_text())
   ckpt = data_dir / "hybrid_c1_r1_wf1.npz"
   assert manifest["checkpoint"]["sha256"] == hashlib.sha256(ckpt.read_bytes()).hexdigest()
   assert manifest["checkpoint"]["source"] == str(ckpt)
@@ -292,7 +292,7 @@ def test_manifest_records_source_and_verification(exported, data_dir, reference_
 def test_feature_extractor_has_no_labels(exported):
   path = exported("vit_a_token", "features")
   assert not (path / "assets" / "labels.txt").exists()
-  manifest = json.loads((path / "assets.extra" / "export_manifest.json").read_text())
+  manifest = json.loads((path / repository.MANIFEST).read_text())
   assert manifest["kind"] == "features" and manifest["labels"] is None
 
 

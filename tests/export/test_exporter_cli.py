@@ -15,6 +15,7 @@ from pathlib import Path
 from google.protobuf import text_format
 from tensorflow_serving.config import model_server_config_pb2
 
+from export import repository
 from tests.support.logs import FOREIGN
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -57,7 +58,7 @@ def test_killed_export_then_cli_export(tmp_path, data_dir, reference_manifest):
   assert [p.name for p in model_dir.iterdir()] == ["1"]
   version = model_dir / "1"
   assert (version / "assets" / "labels.txt").read_text().splitlines()[3] == "label 3"
-  manifest = json.loads((version / "assets.extra" / "export_manifest.json").read_text())
+  manifest = json.loads((version / repository.MANIFEST).read_text())
   assert manifest["labels"]["from"] == "labels.txt"
   config = text_format.Parse((tmp_path / "models.config").read_text(),
                              model_server_config_pb2.ModelServerConfig())

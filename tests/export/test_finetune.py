@@ -16,7 +16,7 @@ import tensorflow as tf
 from PIL import Image
 from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
-from export import digits, finetune
+from export import digits, finetune, finetuning, repository
 from export.checkpoint import read_npz, save_checkpoint
 from export.exporter import export_checkpoint
 from tests.serving import helpers
@@ -50,11 +50,11 @@ def backbone_arrays(checkpoint: Path) -> dict[str, np.ndarray]:
 
 
 @pytest.fixture(scope="module")
-def head_only(base) -> finetune.Result:
+def head_only(base) -> finetuning.Result:
   root = base["root"]
-  return finetune.fine_tune(base["features"], root / "images", root / "models", NAME,
-                            finetune.Recipe(epochs=30), checkpoint_dir=root / "checkpoints",
-                            log=lambda _: None)
+  return finetuning.fine_tune(base["features"], root / "images", root / "models", NAME,
+                              finetune.Recipe(epochs=30), checkpoint_dir=root / "checkpoints",
+                              log=lambda _: None)
 
 
 def test_head_only_publishes_a_classifier_version(head_only, base):
@@ -69,7 +69,7 @@ def test_head_only_publishes_a_classifier_version(head_only, base):
   version = head_only.version_dir
   labels = (version / "assets" / "labels.txt").read_text().split()
   assert labels == head_only.classes
-  manifest = json.loads((version / "assets.extra" / "export_manifest.json").read_text())
+  manifest = json.loads((version / repository.MANIFEST).read_text())
   assert manifest["kind"] == "classifier" and manifest["num_classes"] == 5
   assert manifest["checkpoint"]["source"] == str(head_only.checkpoint)
   assert (version / "assets.extra" / "tf_serving_warmup_requests").is_file()
@@ -137,8 +137,7 @@ def test_cli_with_backbone_training_publishes_the_next_version(head_only, base, 
   assert out.out.split() == [str(root / "models" / NAME / "2")]
   assert "epoch 2/2" in out.err and "export: publish version 2" in out.err
   assert (root / "models.config").read_text().count(f'name: "{NAME}"') == 1
-  manifest = json.loads((root / "models" / NAME / "2" / "assets.extra" /
-                         "export_manifest.json").read_text())
+  manifest = json.loads((root / "models" / NAME / "2" / repository.MANIFEST).read_text())
   tuned = Path(manifest["checkpoint"]["source"])
   record = json.loads(tuned.with_suffix(".json").read_text())
   assert record["recipe"]["train_backbone"] and record["validation_accuracy"] >= 0.5
@@ -148,12 +147,12 @@ def test_cli_with_backbone_training_publishes_the_next_version(head_only, base, 
 
 
 def test_rejects_a_classifier_and_a_one_class_folder(head_only, base, tmp_path, capsys):
-  with pytest.raises(finetune.FineTuneError, match="expected 'features'"):
-    finetune.load_feature_extractor(head_only.version_dir)
+  with pytest.raises(finetuning.FineTuneError, match="expected 'features'"):
+    finetuning.load_feature_extractor(head_only.version_dir)
   (tmp_path / "only" / "a").mkdir(parents=True)
   Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "only" / "a" / "x.png")
-  with pytest.raises(finetune.FineTuneError, match="at least two"):
-    finetune.read_image_folder(tmp_path / "only")
+  with pytest.raises(finetuning.FineTuneError, match="at least two"):
+    finetuning.read_image_folder(tmp_path / "only")
   args = ["--features-model", str(head_only.version_dir), "--images",
           str(base["root"] / "images"), "--repo", str(tmp_path / "models"), "--name", "x"]
   assert finetune.main(args) == 1
@@ -163,6 +162,6 @@ def test_rejects_a_classifier_and_a_one_class_folder(head_only, base, tmp_path, 
 
 def test_split_is_stratified_and_keeps_a_training_image_per_class():
   labels = np.array([0] * 10 + [1] * 5 + [2] * 1)
-  train, val = finetune.split(labels, 0.2, seed=0)
+  train, val = finetuning.split(labels, 0.2, seed=0)
   assert np.bincount(labels[val], minlength=3).tolist() == [2, 1, 0]
   assert not set(train) & set(val) and len(train) + len(val) == len(labels)

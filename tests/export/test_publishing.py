@@ -19,7 +19,7 @@ import tensorflow as tf
 
 from clients import model_config
 from export import __main__ as cli
-from export import exporter, repository
+from export import exporter, remote, repository
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -48,6 +48,37 @@ def _hold_lock(path: Path) -> subprocess.Popen:
           """), str(path)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
   assert holder.stdout.readline().strip() == "locked"
   return holder
+
+
+@pytest.mark.parametrize("on_object_storage", [False, True])
+def test_already_published_means_a_version_with_the_fingerprint(on_object_storage, tmp_path):
+  """One rule for local and object-storage repositories: the first integer
+  version whose manifest records the export's fingerprint."""
+  manifest = repository.MANIFEST.as_posix()
+  files = {f"m/1/{manifest}": json.dumps({"fingerprint": "aa"}).encode(),
+           f"m/2/{manifest}": b"not JSON",
+           "m/3/saved_model.pb": b"",  # no manifest: not an export of ours
+           f"m/.tmp-1-x/{manifest}": json.dumps({"fingerprint": "bb"}).encode(),
+           f"m/4/{manifest}": json.dumps({"fingerprint": "bb"}).encode(),
+           f"m/5/{manifest}": json.dumps({"fingerprint": "bb"}).encode()}
+  if on_object_storage:
+    url = f"memory://published-{tmp_path.name}"
+    store = remote.RemoteRepository(url)
+    for rel, data in files.items():
+      store.fs.pipe_file(f"{store.root}/{rel}", data)
+    find = lambda fp, version=None: store.find_export("m", fp, version)  # noqa: E731
+    where = lambda v: f"{url}/m/{v}"  # noqa: E731
+  else:
+    for rel, data in files.items():
+      (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+      (tmp_path / rel).write_bytes(data)
+    model_dir = tmp_path / "m"
+    find = lambda fp, version=None: repository.find_export(model_dir, fp, version)  # noqa: E731
+    where = lambda v: tmp_path / "m" / str(v)  # noqa: E731
+  assert find("aa") == where(1)
+  assert find("bb") == where(4)  # the first version; a temporary directory is none
+  assert find("bb", 5) == where(5) and find("aa", 4) is None
+  assert find("cc") is None
 
 
 def test_stale_temporaries_are_told_by_lock_not_by_pid(tmp_path):

@@ -26,7 +26,7 @@ from google.protobuf import text_format
 from tensorflow_serving.config import model_server_config_pb2
 
 import export
-from export import __main__ as cli, remote
+from export import __main__ as cli, remote, repository
 from export.repository import PublishError
 from moto import server as moto_server
 
@@ -37,7 +37,7 @@ NAME = "vit"
 EXPECTED_FILES = {"saved_model.pb", "fingerprint.pb", "variables/variables.index",
                   "variables/variables.data-00000-of-00001", "assets/labels.txt",
                   "assets.extra/tf_serving_warmup_requests",
-                  "assets.extra/export_manifest.json"}
+                  repository.MANIFEST.as_posix()}
 
 
 def free_port() -> int:
@@ -121,11 +121,23 @@ def local_files(directory: Path) -> dict[str, bytes]:
           for p in directory.rglob("*") if p.is_file()}
 
 
-def test_is_remote():
-  assert remote.is_remote("s3://bucket/models") and remote.is_remote("gs://b")
-  assert not remote.is_remote("models") and not remote.is_remote(Path("/tmp/models"))
+def test_unknown_protocol_is_a_publish_error():
   with pytest.raises(PublishError, match="nosuchfs"):
     remote.RemoteRepository("nosuchfs://bucket/models")
+
+
+def test_the_same_export_again_is_found_not_published_twice(published, store, data_dir,
+                                                            reference_manifest):
+  """The exporter's one "already published?" rule (the manifest's fingerprint)
+  holds for object storage too: nothing is read back but the manifests."""
+  stdout, _, _ = published
+  before = store.versions(NAME)
+  again = export.export_checkpoint(str(data_dir / "vit_a_token.npz"), NAME, URL,
+                                   config=reference_manifest["vit_a_token"]["config"],
+                                   model_config_file=None)
+  assert again == stdout
+  assert store.versions(NAME) == before
+  assert store.find_export(NAME, "no such fingerprint") is None
 
 
 def test_cli_publishes_a_complete_version(published, store):
@@ -137,7 +149,7 @@ def test_cli_publishes_a_complete_version(published, store):
   assert not [c for c in children(store, NAME) if c.startswith(".tmp-")]
   files = remote_files(store, 1)
   assert set(files) == EXPECTED_FILES == set(local_files(kept))
-  manifest = json.loads(files["assets.extra/export_manifest.json"])
+  manifest = json.loads(files[repository.MANIFEST.as_posix()])
   assert (manifest["name"], manifest["version"]) == (NAME, 1)
   assert manifest["verification"]["max_abs_diff"] <= manifest["verification"]["tolerance"]
   config = text_format.Parse(config_path.read_text(), model_server_config_pb2.ModelServerConfig())
