@@ -59,8 +59,9 @@ def _configure_tensorflow(values: dict) -> None:
     tf.config.threading.set_intra_op_parallelism_threads(intra)
   if inter:
     tf.config.threading.set_inter_op_parallelism_threads(inter)
-  if values["xla_cpu_compilation_enabled"]:
-    tf.config.optimizer.set_jit(True)
+  if not values["xla_cpu_compilation_enabled"] and not values["xla_gpu_compilation_enabled"]:
+    from serving.servable import disable_xla_compilation
+    disable_xla_compilation()
 
 
 def _serve(values: dict, log: logging.Logger, grpc_credentials: Any, rest_ssl: Any) -> int:
@@ -179,18 +180,19 @@ class _ConfigPoller:
       self.reported = None         # back to what runs: report the next change again
       return
     if text is None:
-      self._report(text, f"Failed to read ModelServerConfig file: {self.path}: cannot read it",
-                   logging.ERROR)
+      self._report(text, logging.ERROR,
+                   f"Failed to read ModelServerConfig file: {self.path}: cannot read it")
       return
     server_config = model_server_config_pb2.ModelServerConfig()
     try:
       text_format.Parse(text, server_config)
-    except text_format.ParseError as e:
-      self._report(text, f"Failed to read ModelServerConfig file: {self.path}: {e}",
-                   logging.ERROR)
+    except text_format.ParseError as e:     # logged as TF Serving logs it (server.cc)
+      self._report(text, logging.ERROR, config.parse_error_line(server_config, e),
+                   f"Failed to read ModelServerConfig file: Invalid protobuf file: "
+                   f"'{self.path}'")
       return
     if server_config.WhichOneof("config") is None:
-      self._report(text, "Taking no action for empty config.", logging.INFO)
+      self._report(text, logging.INFO, "Taking no action for empty config.")
       return
     try:
       config.validate_model_server_config(server_config, self.path)
@@ -198,14 +200,16 @@ class _ConfigPoller:
         self.log.info("Reloading model config from %s", self.path)
       manager.apply_config(server_config)
     except ServingError as e:
-      self._report(text, f"PollFilesystemAndReloadConfig failed to ReloadConfig: {e}",
-                   logging.ERROR)
+      self._report(text, logging.ERROR,
+                   f"PollFilesystemAndReloadConfig failed to ReloadConfig: {e}")
       return
     self.applied, self.reported = text, None
 
-  def _report(self, text: str | None, message: str, level: int) -> None:
+  def _report(self, text: str | None, level: int, *lines: str) -> None:
+    message = "\n".join(lines)
     if self.reported != (text, message):
-      self.log.log(level, "%s", message)
+      for line in lines:
+        self.log.log(level, "%s", line)
       self.reported = (text, message)
 
 

@@ -11,6 +11,7 @@ tensorflow_model_server parses, and a typo fails the same way.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 from pathlib import Path
 
@@ -27,17 +28,41 @@ MonitoringConfig = protos.message_class("tensorflow.serving.MonitoringConfig")
 DEFAULT_PROMETHEUS_PATH = "/monitoring/prometheus/metrics"
 
 
+def parse_error_line(message, error: text_format.ParseError) -> str:
+  """The line protobuf's C++ TextFormat parser logs for a file that does not
+  parse (text_format.cc ReportError), which is what tensorflow_model_server
+  prints on stderr and what operators grep for:
+  "Error parsing text-format tensorflow.serving.ModelServerConfig: 3:5: ...".
+  Python's ParseError carries the same 1-based line and column, prefixed to
+  its text as "L:C : "."""
+  line, column = error.GetLine(), error.GetColumn()
+  text = str(error)
+  if line is not None:
+    prefix = f"{line}:{column} : " if column else f"{line} : "
+    text = text.removeprefix(prefix)
+    text = f"{line}:{column}: {text}"
+  return f"Error parsing text-format {message.DESCRIPTOR.full_name}: {text}"
+
+
+def parse_text(text: str, message, path: str | os.PathLike):
+  """Fill `message` from text-proto `text` read from `path`, as TF Serving's
+  ParseProtoTextFile (util/proto_util.h) does: the parser's error line goes
+  to the log, the status says only "Invalid protobuf file: '<path>'"."""
+  try:
+    text_format.Parse(text, message)
+  except text_format.ParseError as e:
+    logging.getLogger("serving").error("%s", parse_error_line(message, e))
+    raise invalid_argument(f"Invalid protobuf file: '{path}'") from None
+  return message
+
+
 def parse_text_file(path: str | os.PathLike, message):
   """Fill `message` from a text-proto file, or fail with TF Serving's words."""
   try:
     text = Path(path).read_text()
   except OSError as e:
     raise invalid_argument(f"Invalid protobuf file: '{path}': {e.strerror}") from None
-  try:
-    text_format.Parse(text, message)
-  except text_format.ParseError as e:
-    raise invalid_argument(f"Invalid protobuf file: '{path}': {e}") from None
-  return message
+  return parse_text(text, message, path)
 
 
 def read_model_server_config(path: str | os.PathLike) -> model_server_config_pb2.ModelServerConfig:
@@ -175,5 +200,5 @@ def read_prometheus_path(path: str) -> str | None:
 
 
 __all__ = ["BatchingOptions", "BatchingParameters", "MonitoringConfig",
-           "parse_text_file", "read_batching_options", "read_model_server_config",
+           "parse_error_line", "parse_text", "parse_text_file", "read_batching_options", "read_model_server_config",
            "read_prometheus_path", "single_model_config", "validate_model_server_config"]
