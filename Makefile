@@ -44,19 +44,38 @@ $(TFSERVING_VENV)/.installed: checks/tfserving_venv.sh
 export: setup
 	$(PY) -m export.default_model --repo models --model $(MODEL)
 
+# tensorflow_model_server's command line, the same flags with the same values as
+# serving/docker-compose*.yml and deploy/base (where each is explained); paths
+# here are the repository's (tests/serving/test_deploy_flags.py compares the
+# lists). --xla_cpu_compilation_enabled is required: without it the server
+# calls DisableXlaCompilation() and the jax2tf exports fail to load, on both
+# servers. --bind is the embedded server's only addition (loopback by default).
+SERVE_FLAGS = --port=$(GRPC_PORT) --rest_api_port=$(REST_PORT) \
+    --model_config_file=models.config --model_config_file_poll_wait_seconds=10 \
+    --file_system_poll_wait_seconds=5 --allow_version_labels_for_unavailable_models=true \
+    --xla_cpu_compilation_enabled=true --enable_batching=true \
+    --batching_parameters_file=serving/config/batching_parameters.config \
+    --monitoring_config_file=serving/config/monitoring.config --enable_model_warmup=true \
+    --grpc_channel_arguments=grpc.max_connection_age_ms=300000 \
+    --enable_grpc_healthcheck_service=true
+
+# SERVER=embedded (default): python -m serving; SERVER=tfserving: the
+# tensorflow/serving GPU image with docker compose; SERVER=tfserving-cpu: its
+# CPU image. compose publishes 8500/8501 (GRPC_PORT/REST_PORT apply to the
+# embedded server); PROFILES=monitoring adds Prometheus and Grafana.
+COMPOSE_FILE_tfserving     = serving/docker-compose.yml
+COMPOSE_FILE_tfserving-cpu = serving/docker-compose.cpu.yml
+PROFILES ?=
+
 serve: setup
-ifeq ($(SERVER),tfserving)
-	# compose publishes 8500/8501 (GRPC_PORT/REST_PORT apply to the embedded server)
-	BIND_HOST=$(HOST) docker compose -f serving/docker-compose.yml up
+ifneq ($(COMPOSE_FILE_$(SERVER)),)
+	BIND_HOST=$(HOST) docker compose -f $(COMPOSE_FILE_$(SERVER)) \
+	    $(foreach p,$(PROFILES),--profile $(p)) up
+else ifeq ($(SERVER),embedded)
+	$(PY) -m serving $(SERVE_FLAGS) --bind=$(HOST)
 else
-	$(PY) -m serving --port=$(GRPC_PORT) --rest_api_port=$(REST_PORT) --bind=$(HOST) \
-	    --model_config_file=models.config --model_config_file_poll_wait_seconds=5 \
-	    --allow_version_labels_for_unavailable_models=true \
-	    --monitoring_config_file=serving/config/monitoring.config
+	@echo "make serve: SERVER must be embedded, tfserving or tfserving-cpu, not '$(SERVER)'" >&2; exit 2
 endif
-# (labels: the rollout tool writes version labels into models.config; like
-# tensorflow_model_server, the server checks them before loading anything at
-# start-up, so a restart on that file needs the flag, as compose and k8s set it)
 
 bench: setup
 	$(PY) -m benchmarks
