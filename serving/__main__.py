@@ -194,6 +194,7 @@ class _ConfigPoller:
     if server_config.WhichOneof("config") is None:
       self._report(text, logging.INFO, "Taking no action for empty config.")
       return
+    config.resolve_base_paths(server_config, self.path)
     try:
       config.validate_model_server_config(server_config, self.path)
       if self.reported is None or self.reported[0] != text:   # not a retry

@@ -67,8 +67,28 @@ def parse_text_file(path: str | os.PathLike, message):
 
 def read_model_server_config(path: str | os.PathLike) -> model_server_config_pb2.ModelServerConfig:
   config = parse_text_file(path, model_server_config_pb2.ModelServerConfig())
+  resolve_base_paths(config, path)
   validate_model_server_config(config, str(path))
   return config
+
+
+def resolve_base_paths(config: model_server_config_pb2.ModelServerConfig,
+                       path: str | os.PathLike) -> None:
+  """Makes relative base paths absolute under the config file's directory.
+
+  The exporter writes "models/<name>" relative to models.config.
+  tensorflow_model_server refuses relative base paths (ValidateModelConfigList
+  in server_core.cc), so the image's entrypoint (tfserving-entrypoint.sh)
+  serves a copy with them joined to BASE_PATH_ROOT, which compose and
+  Kubernetes set to the config's directory, as ServerCore's
+  model_config_list_root_dir would. Resolving against the file here, not the
+  working directory, gives the embedded server the same answer from any
+  directory it is started in. Absolute paths and URIs are left alone.
+  """
+  root = os.path.dirname(os.path.abspath(path))
+  for model in config.model_config_list.config:
+    if model.base_path and "://" not in model.base_path and not os.path.isabs(model.base_path):
+      model.base_path = os.path.join(root, model.base_path)
 
 
 def validate_model_server_config(config: model_server_config_pb2.ModelServerConfig,
@@ -79,7 +99,7 @@ def validate_model_server_config(config: model_server_config_pb2.ModelServerConf
   model_service_impl.cc: an empty config is INVALID_ARGUMENT there, not
   "unload everything") and absolute base paths (ValidateModelConfigList in
   server_core.cc); a config file may keep relative ones, which the server
-  resolves against its working directory.  Every model needs a platform
+  resolves against the file's directory (resolve_base_paths).  Every model needs a platform
   (GetPlatform in server_core.cc).
   """
   kind = config.WhichOneof("config")
@@ -201,4 +221,4 @@ def read_prometheus_path(path: str) -> str | None:
 
 __all__ = ["BatchingOptions", "BatchingParameters", "MonitoringConfig",
            "parse_error_line", "parse_text", "parse_text_file", "read_batching_options", "read_model_server_config",
-           "read_prometheus_path", "single_model_config", "validate_model_server_config"]
+           "read_prometheus_path", "resolve_base_paths", "single_model_config", "validate_model_server_config"]

@@ -145,7 +145,7 @@ class ModelManager:
     with self._lock:
       removed = [self._models.pop(n) for n in list(self._models) if n not in wanted]
       for name, cfg in wanted.items():
-        base = Path(os.path.abspath(cfg.base_path))    # relative: to the working directory
+        base = Path(os.path.abspath(cfg.base_path))    # --model_base_path: to the working dir
         model = self._models.get(name)
         if model is None:
           model = self._models[name] = Model(cfg, base)
