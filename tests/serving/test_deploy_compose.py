@@ -34,7 +34,10 @@ BATCHING_FILES = {"gpu": "batching_parameters.gpu.config", "cpu": "batching_para
 
 def service(flavor: str) -> dict[str, Any]:
   compose = ds.load_yaml(COMPOSE_FILES[flavor])
-  assert list(compose["services"]) == ["tfserving"]
+  # tfserving, plus Prometheus and Grafana behind the optional "monitoring"
+  # profile (tests/serving/test_monitoring.py).
+  assert list(compose["services"]) == ["tfserving", "prometheus", "grafana"]
+  assert "profiles" not in compose["services"]["tfserving"]
   return compose["services"]["tfserving"]
 
 
