@@ -26,13 +26,14 @@ test: setup
 
 # Runs a representative set of exports the way tensorflow_model_server does
 # (Session loader, signature tensor names, warmup replay) in tensorflow-cpu of
-# the pinned serving release, in a side venv, and compares with JAX; see
-# docs/deployment.md. TFSERVING_VERSION=2.19.1 tries another release.
+# the pinned serving release, in a side venv, and compares with JAX; then
+# shows that without --xla_cpu_compilation_enabled (DisableXlaCompilation())
+# the warmup fails with "XLA compilation disabled"; see docs/deployment.md. TFSERVING_VERSION=2.19.1 tries another release.
 check-tfserving: setup $(TFSERVING_VENV)/.installed
 	@start=$$(date +%s); \
 	$(PY) -m checks.tfserving_prepare --out $(CHECK_DIR) && \
 	$(TFSERVING_VENV)/bin/python checks/tfserving_session.py \
-	    --expect-tensorflow $(TFSERVING_VERSION) $(CHECK_DIR)/plan.json; \
+	    --expect-tensorflow $(TFSERVING_VERSION) --check-xla-flag $(CHECK_DIR)/plan.json; \
 	status=$$?; \
 	echo "check-tfserving: tensorflow-cpu==$(TFSERVING_VERSION) in $$(( $$(date +%s) - start ))s"; \
 	exit $$status
