@@ -35,13 +35,14 @@ test: setup
 
 # Runs a representative set of exports the way tensorflow_model_server does
 # (Session loader, signature tensor names, warmup replay) in tensorflow-cpu of
-# the pinned serving release, in a side venv, and compares with JAX; see
-# docs/deployment.md. TFSERVING_VERSION=2.19.1 tries another release.
+# the pinned serving release, in a side venv, and compares with JAX; then
+# shows that without --xla_cpu_compilation_enabled (DisableXlaCompilation())
+# the warmup fails with "XLA compilation disabled"; see docs/deployment.md. TFSERVING_VERSION=2.19.1 tries another release.
 check-tfserving: setup $(TFSERVING_VENV)/.installed
 	@start=$$(date +%s); \
 	$(PY) -m checks.tfserving_prepare --out $(CHECK_DIR) && \
 	$(TFSERVING_VENV)/bin/python checks/tfserving_session.py \
-	    --expect-tensorflow $(TFSERVING_VERSION) $(CHECK_DIR)/plan.json; \
+	    --expect-tensorflow $(TFSERVING_VERSION) --check-xla-flag $(CHECK_DIR)/plan.json; \
 	status=$$?; \
 	echo "check-tfserving: tensorflow-cpu==$(TFSERVING_VERSION) in $$(( $$(date +%s) - start ))s"; \
 	exit $$status
@@ -60,19 +61,38 @@ tune: setup
 	$(PY) -m ops.tune --model $(TUNE_MODEL) --out $(OUT) --budget-s $(TUNE_BUDGET_S) \
 	    --p99-ms $(P99_MS)
 
+# tensorflow_model_server's command line, the same flags with the same values as
+# serving/docker-compose*.yml and deploy/base (where each is explained); paths
+# here are the repository's (tests/serving/test_deploy_flags.py compares the
+# lists). --xla_cpu_compilation_enabled is required: without it the server
+# calls DisableXlaCompilation() and the jax2tf exports fail to load, on both
+# servers. --bind is the embedded server's only addition (loopback by default).
+SERVE_FLAGS = --port=$(GRPC_PORT) --rest_api_port=$(REST_PORT) \
+    --model_config_file=models.config --model_config_file_poll_wait_seconds=10 \
+    --file_system_poll_wait_seconds=5 --allow_version_labels_for_unavailable_models=true \
+    --xla_cpu_compilation_enabled=true --enable_batching=true \
+    --batching_parameters_file=serving/config/batching_parameters.config \
+    --monitoring_config_file=serving/config/monitoring.config --enable_model_warmup=true \
+    --grpc_channel_arguments=grpc.max_connection_age_ms=300000 \
+    --enable_grpc_healthcheck_service=true
+
+# SERVER=embedded (default): python -m serving; SERVER=tfserving: the
+# tensorflow/serving GPU image with docker compose; SERVER=tfserving-cpu: its
+# CPU image. compose publishes 8500/8501 (GRPC_PORT/REST_PORT apply to the
+# embedded server); PROFILES=monitoring adds Prometheus and Grafana.
+COMPOSE_FILE_tfserving     = serving/docker-compose.yml
+COMPOSE_FILE_tfserving-cpu = serving/docker-compose.cpu.yml
+PROFILES ?=
+
 serve: setup
-ifeq ($(SERVER),tfserving)
-	# compose publishes 8500/8501 (GRPC_PORT/REST_PORT apply to the embedded server)
-	BIND_HOST=$(HOST) docker compose -f serving/docker-compose.yml up
+ifneq ($(COMPOSE_FILE_$(SERVER)),)
+	BIND_HOST=$(HOST) docker compose -f $(COMPOSE_FILE_$(SERVER)) \
+	    $(foreach p,$(PROFILES),--profile $(p)) up
+else ifeq ($(SERVER),embedded)
+	$(PY) -m serving $(SERVE_FLAGS) --bind=$(HOST)
 else
-	$(PY) -m serving --port=$(GRPC_PORT) --rest_api_port=$(REST_PORT) --bind=$(HOST) \
-	    --model_config_file=models.config --model_config_file_poll_wait_seconds=5 \
-	    --allow_version_labels_for_unavailable_models=true \
-	    --monitoring_config_file=serving/config/monitoring.config
+	@echo "make serve: SERVER must be embedded, tfserving or tfserving-cpu, not '$(SERVER)'" >&2; exit 2
 endif
-# (labels: the rollout tool writes version labels into models.config; like
-# tensorflow_model_server, the server checks them before loading anything at
-# start-up, so a restart on that file needs the flag, as compose and k8s set it)
 
 bench: setup
 	$(PY) -m benchmarks

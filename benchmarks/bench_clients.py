@@ -7,7 +7,7 @@
    images, which JPEG compresses like real photos) sent as float32
    (`serving_default`), uint8 (`predict_uint8`) and JPEG (`predict_bytes`),
    over gRPC (serialized PredictRequest) and REST (JSON body).
-3. What a caller pays to import the client: `import clients` (TF-free
+3. What a caller pays to import the client: `from clients import GrpcClient` (TF-free
    descriptors) versus the official `tensorflow_serving.apis` messages, which
    import TensorFlow; import time and peak RSS of a fresh process.
 """
@@ -153,7 +153,9 @@ print(elapsed, peak, 'tensorflow' in sys.modules)
 
 
 def import_costs(repeat: int = 3) -> list[dict]:
-  variants = {"clients": "import clients",
+  # What a caller writes: `import clients` alone is lazy (clients/__init__.py)
+  # and would measure almost nothing.
+  variants = {"clients": "from clients import GrpcClient",
               "tf_serving_apis": "import grpc\n"
                                  "from tensorflow_serving.apis import predict_pb2, "
                                  "prediction_service_pb2_grpc"}

@@ -61,6 +61,7 @@ def run() -> list[dict]:
   config, image = default_model()
   server = ServerProcess([f"--port={free_port()}", f"--rest_api_port={free_port()}",
                           f"--model_config_file={config}", "--enable_batching",
+                          "--xla_cpu_compilation_enabled=true",
                           f"--batching_parameters_file={ROOT}/serving/config/"
                           "batching_parameters.config"],
                          cwd=CACHE, timeout=300)  # models.config's base_path is relative

@@ -48,7 +48,8 @@ def run() -> list[dict]:
   load_before = os.getloadavg()[0]
   server = ServerProcess([f"--port={free_port()}", f"--rest_api_port={free_port()}",
                           f"--model_config_file={config}",
-                          "--file_system_poll_wait_seconds=0"],
+                          "--file_system_poll_wait_seconds=0",
+                          "--xla_cpu_compilation_enabled=true"],
                          cwd=CACHE, timeout=300)  # models.config's base_path is relative
   try:
     host, port = server.rest_address.rsplit(":", 1)

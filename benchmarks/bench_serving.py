@@ -110,7 +110,8 @@ def _start(name: str, base: Path, extra: list[str], tmp: Path):
   from serving.process import ServerProcess, free_port
   return ServerProcess([f"--port={free_port()}", f"--rest_api_port={free_port()}",
                         f"--model_name={name}", f"--model_base_path={base}",
-                        "--file_system_poll_wait_seconds=0", *extra], cwd=tmp, timeout=300)
+                        "--file_system_poll_wait_seconds=0",
+                        "--xla_cpu_compilation_enabled=true", *extra], cwd=tmp, timeout=300)
 
 
 def _batching_flags(tmp: Path, name: str, text: str) -> list[str]:

@@ -102,7 +102,8 @@ def run() -> list[dict]:
         'model_platform: "tensorflow"\n    model_version_policy { specific { versions: 1 } }'))
     server = ServerProcess([f"--port={free_port()}", "--rest_api_port=0",
                             f"--model_config_file={config_file}",
-                            "--file_system_poll_wait_seconds=1"], cwd=tmp, timeout=300)
+                            "--file_system_poll_wait_seconds=1",
+                            "--xla_cpu_compilation_enabled=true"], cwd=tmp, timeout=300)
     rollout = Rollout(server.grpc_address, config_file, NAME, base_path_root=str(tmp))
     load = None
     try:

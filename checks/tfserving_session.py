@@ -18,6 +18,13 @@ tensorflow_model_server's path:
      PredictionLog's request is run like a Predict call, and an error fails
      the load.
   3. Run the plan's own requests (every signature, several batch sizes).
+  4. With --check-xla-flag (make check-tfserving), last, for the first
+     model: what the server does without
+     --xla_cpu_compilation_enabled / --xla_gpu_compilation_enabled. main.cc
+     then calls tensorflow::DisableXlaCompilation() (exported by
+     libtensorflow_cc, called here through ctypes); the export's warmup must
+     fail with "XLA compilation disabled", the reason every deployment file
+     and `make serve` set the flag. (Process-wide, hence last.)
 
 A Predict is run as tensorflow_serving/servables/tensorflow/predict_util.cc
 runs it: the request's signature (default "serving_default"), its inputs fed
@@ -37,10 +44,12 @@ on any mismatch or error.
 from __future__ import annotations
 
 import argparse
+import ctypes
 import dataclasses
 import importlib.metadata
 import json
 import math
+import os
 import sys
 import time
 from pathlib import Path
@@ -159,6 +168,28 @@ def check_model(model: dict[str, Any]) -> list[Row]:
   return list(rows.values())
 
 
+XLA_DISABLED = "XLA compilation disabled"
+
+
+def check_without_xla_flags(model: dict[str, Any]) -> tuple[bool, str]:
+  """(as expected, what happened) for the first warmup record of `model` after
+  tensorflow::DisableXlaCompilation(), as tensorflow_model_server runs it
+  without either XLA flag (main.cc)."""
+  library = ctypes.CDLL(os.path.join(os.path.dirname(tf.__file__), "libtensorflow_cc.so.2"))
+  library._ZN10tensorflow21DisableXlaCompilationEv()
+  version_dir = Path(model["version_dir"])
+  graph = tf.Graph()
+  with graph.as_default(), tf.compat.v1.Session(graph=graph) as session:
+    meta_graph = tf.compat.v1.saved_model.loader.load(session, ["serve"], str(version_dir))
+    log = next(read_requests(version_dir / WARMUP_FILE))
+    try:
+      run_predict(session, meta_graph.signature_def, log)
+    except Exception as e:  # the failure is the expected result
+      text = _first_line(e)
+      return XLA_DISABLED in text, f"warmup fails: {text}"
+  return False, f"warmup ran: the export does not need XLA (expected '{XLA_DISABLED}')"
+
+
 def _first_line(error: BaseException) -> str:
   """The line that says what went wrong: TF's op errors open with a generic
   "Graph execution error:" and end with node names, which are skipped."""
@@ -219,6 +250,10 @@ def main(argv: list[str] | None = None) -> int:
                       help="fail unless this environment's TensorFlow is VERSION")
   parser.add_argument("--no-record", action="store_true",
                       help="leave the exports' export_manifest.json alone")
+  parser.add_argument("--check-xla-flag", action="store_true",
+                      help="then disable XLA compilation as tensorflow_model_server does "
+                           "without --xla_cpu_compilation_enabled, and expect the first "
+                           "model's warmup to fail (process-wide: a separate run)")
   args = parser.parse_args(argv)
   if args.expect_tensorflow and tf.__version__ != args.expect_tensorflow:
     print(f"tfserving_session: error: TensorFlow {tf.__version__} here, expected "
@@ -238,7 +273,12 @@ def main(argv: list[str] | None = None) -> int:
   print(format_table(rows))
   failed = [r for r in rows if not r.ok]
   print(f"{len(rows) - len(failed)}/{len(rows)} ok in {time.perf_counter() - started:.1f}s")
-  return 1 if failed else 0
+  expected = True
+  if args.check_xla_flag:
+    expected, text = check_without_xla_flags(plan["models"][0])
+    print(f"without --xla_cpu/gpu_compilation_enabled, {plan['models'][0]['name']}: {text}"
+          f"{'' if expected else '  FAIL'}")
+  return 1 if failed or not expected else 0
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ tensorflow_model_server parses, and a typo fails the same way.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 from pathlib import Path
 
@@ -27,23 +28,67 @@ MonitoringConfig = protos.message_class("tensorflow.serving.MonitoringConfig")
 DEFAULT_PROMETHEUS_PATH = "/monitoring/prometheus/metrics"
 
 
+def parse_error_line(message, error: text_format.ParseError) -> str:
+  """The line protobuf's C++ TextFormat parser logs for a file that does not
+  parse (text_format.cc ReportError), which is what tensorflow_model_server
+  prints on stderr and what operators grep for:
+  "Error parsing text-format tensorflow.serving.ModelServerConfig: 3:5: ...".
+  Python's ParseError carries the same 1-based line and column, prefixed to
+  its text as "L:C : "."""
+  line, column = error.GetLine(), error.GetColumn()
+  text = str(error)
+  if line is not None:
+    prefix = f"{line}:{column} : " if column else f"{line} : "
+    text = text.removeprefix(prefix)
+    text = f"{line}:{column}: {text}"
+  return f"Error parsing text-format {message.DESCRIPTOR.full_name}: {text}"
+
+
+def parse_text(text: str, message, path: str | os.PathLike):
+  """Fill `message` from text-proto `text` read from `path`, as TF Serving's
+  ParseProtoTextFile (util/proto_util.h) does: the parser's error line goes
+  to the log, the status says only "Invalid protobuf file: '<path>'"."""
+  try:
+    text_format.Parse(text, message)
+  except text_format.ParseError as e:
+    logging.getLogger("serving").error("%s", parse_error_line(message, e))
+    raise invalid_argument(f"Invalid protobuf file: '{path}'") from None
+  return message
+
+
 def parse_text_file(path: str | os.PathLike, message):
   """Fill `message` from a text-proto file, or fail with TF Serving's words."""
   try:
     text = Path(path).read_text()
   except OSError as e:
     raise invalid_argument(f"Invalid protobuf file: '{path}': {e.strerror}") from None
-  try:
-    text_format.Parse(text, message)
-  except text_format.ParseError as e:
-    raise invalid_argument(f"Invalid protobuf file: '{path}': {e}") from None
-  return message
+  return parse_text(text, message, path)
 
 
 def read_model_server_config(path: str | os.PathLike) -> model_server_config_pb2.ModelServerConfig:
   config = parse_text_file(path, model_server_config_pb2.ModelServerConfig())
+  resolve_base_paths(config, path)
   validate_model_server_config(config, str(path))
   return config
+
+
+def resolve_base_paths(config: model_server_config_pb2.ModelServerConfig,
+                       path: str | os.PathLike) -> None:
+  """Makes relative base paths absolute under the config file's directory.
+
+  The exporter writes "models/<name>" relative to models.config.
+  tensorflow_model_server refuses relative base paths (ValidateModelConfigList
+  in server_core.cc), so the image's entrypoint (tfserving-entrypoint.sh)
+  serves a copy with them joined to BASE_PATH_ROOT, which compose and
+  Kubernetes set to the config's directory, as ServerCore's
+  model_config_list_root_dir would. Resolving against the file here, not the
+  working directory, gives the embedded server the same answer from any
+  directory it is started in. Absolute paths and URIs are left alone.
+  """
+  root = os.path.dirname(os.path.abspath(path))
+  for model in config.model_config_list.config:
+    if model.base_path and "://" not in model.base_path and not os.path.isabs(model.base_path):
+      model.base_path = os.path.join(root, model.base_path)
 
 
 def validate_model_server_config(config: model_server_config_pb2.ModelServerConfig,
@@ -54,7 +99,7 @@ def validate_model_server_config(config: model_server_config_pb2.ModelServerConf
   model_service_impl.cc: an empty config is INVALID_ARGUMENT there, not
   "unload everything") and absolute base paths (ValidateModelConfigList in
   server_core.cc); a config file may keep relative ones, which the server
-  resolves against its working directory.  Every model needs a platform
+  resolves against the file's directory (resolve_base_paths).  Every model needs a platform
   (GetPlatform in server_core.cc).
   """
   kind = config.WhichOneof("config")
@@ -175,5 +220,5 @@ def read_prometheus_path(path: str) -> str | None:
 
 
 __all__ = ["BatchingOptions", "BatchingParameters", "MonitoringConfig",
-           "parse_text_file", "read_batching_options", "read_model_server_config",
-           "read_prometheus_path", "single_model_config", "validate_model_server_config"]
+           "parse_error_line", "parse_text", "parse_text_file", "read_batching_options", "read_model_server_config",
+           "read_prometheus_path", "resolve_base_paths", "single_model_config", "validate_model_server_config"]

@@ -76,8 +76,11 @@ FLAGS: dict[str, Flag] = {
     "tensorflow_intra_op_parallelism": _f(int, 0, "TF intra-op threads (0: auto)"),
     "tensorflow_inter_op_parallelism": _f(int, 0, "TF inter-op threads (0: auto)"),
     "tensorflow_session_parallelism": _f(int, 0, "TF threads for both pools (0: auto)"),
-    "xla_cpu_compilation_enabled": _f(bool, False, "JIT-compile with XLA on CPU"),
-    "enable_grpc_healthcheck_service": _f(bool, True, "serve grpc.health.v1.Health"),
+    "xla_cpu_compilation_enabled": _f(
+        bool, False, "keep XLA compilation on; without it (or --xla_gpu_compilation_enabled) "
+        "TensorFlow's DisableXlaCompilation() is called, as in TF Serving, and jax2tf exports "
+        "fail to load (warmup) or to run: 'XLA compilation disabled'"),
+    "enable_grpc_healthcheck_service": _f(bool, False, "serve grpc.health.v1.Health"),
     "enable_signature_method_name_check": _f(
         bool, False, "Classify/Regress/Predict only on signatures of their method_name"),
     "enable_serialization_as_tensor_content": _f(
@@ -86,23 +89,35 @@ FLAGS: dict[str, Flag] = {
         bool, False, "with --enable_batching, batch a version only with the "
         "batching_params.pbtxt in its directory"),
     "version": _f(bool, False, "print the version and exit"),
-    # Accepted so that TF Serving command lines run; no effect here.
-    "num_load_threads": _f(int, 0, "", used=False),
-    "num_unload_threads": _f(int, 0, "", used=False),
-    "flush_filesystem_caches": _f(bool, True, "", used=False),
-    "tensorflow_session_config_file": _f(str, "", "", used=False),
-    "platform_config_file": _f(str, "", "", used=False),
-    "per_process_gpu_memory_fraction": _f(float, 0.0, "", used=False),
+    "xla_gpu_compilation_enabled": _f(
+        bool, False, "GPU: XLA:CPU and XLA:GPU JIT in TF Serving; here it keeps XLA "
+        "compilation on, as --xla_cpu_compilation_enabled does"),
     "use_alts_credentials": _f(bool, False, "ALTS credentials: not supported here, an error"),
-    "remove_unused_fields_from_bundle_metagraph": _f(bool, True, "", used=False),
-    "prefer_tflite_model": _f(bool, False, "", used=False),
-    "num_tflite_pools": _f(int, 1, "", used=False),
-    "num_tflite_interpreters_per_pool": _f(int, 1, "", used=False),
-    "xla_gpu_compilation_enabled": _f(bool, False, "", used=False),
-    "enable_profiler": _f(bool, True, "", used=False),
-    "thread_pool_factory_config_file": _f(str, "", "", used=False),
-    "mixed_precision": _f(str, "", "", used=False),
-    "skip_initialize_tpu": _f(bool, False, "", used=False),
+    # Accepted so that TF Serving command lines run; no effect here (a
+    # non-default value is logged as ignored at start-up).
+    "per_process_gpu_memory_fraction": _f(
+        float, 0.0, "GPU: share of GPU memory TF Serving's process allocator takes, shared "
+        "by every loaded version (0: TensorFlow's default); no effect here", used=False),
+    "num_load_threads": _f(int, 0, "threads loading versions; no effect here (one at a "
+                           "time)", used=False),
+    "num_unload_threads": _f(int, 0, "threads unloading versions; no effect here", used=False),
+    "flush_filesystem_caches": _f(bool, True, "flush file-system caches after loads; no "
+                                  "effect here", used=False),
+    "tensorflow_session_config_file": _f(str, "", "SessionConfig text proto; no effect here",
+                                         used=False),
+    "platform_config_file": _f(str, "", "PlatformConfigMap text proto; no effect here",
+                               used=False),
+    "remove_unused_fields_from_bundle_metagraph": _f(
+        bool, True, "drop unused MetaGraph fields after load; no effect here", used=False),
+    "prefer_tflite_model": _f(bool, False, "TFLite: no effect here", used=False),
+    "num_tflite_pools": _f(int, 1, "TFLite: no effect here", used=False),
+    "num_tflite_interpreters_per_pool": _f(int, 1, "TFLite: no effect here", used=False),
+    "enable_profiler": _f(bool, True, "TF profiler service: no effect here", used=False),
+    "thread_pool_factory_config_file": _f(str, "", "ThreadPoolConfig text proto; no effect "
+                                          "here", used=False),
+    "mixed_precision": _f(str, "", "GPU: mixed-precision mode (bf16); no effect here",
+                          used=False),
+    "skip_initialize_tpu": _f(bool, False, "TPU: no effect here", used=False),
 }
 
 
@@ -168,8 +183,7 @@ def ignored(values: dict[str, Any]) -> list[str]:
 def usage() -> str:
   lines = ["usage: python -m serving [--flag=value ...]", ""]
   for name, flag in FLAGS.items():
-    if flag.used:
-      lines.append(f"  --{name}={flag.default!r:<14} {flag.help}")
+    lines.append(f"  --{name}={flag.default!r:<14} {flag.help}")
   return "\n".join(lines)
 
 

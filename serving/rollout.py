@@ -17,11 +17,11 @@ and wait until it is AVAILABLE, then move the label. A version that fails to
 load is taken out of the policy again and no label moves.
 
 `models.config` may keep base paths relative ("models/<name>"), which the
-embedded server resolves against its working directory when it reads the
+embedded server resolves against the file's directory when it reads the
 file, but a reload request must carry absolute ones (server_core.cc): the
 config sent to the server has them made absolute under `--base_path_root`
-(where the server sees the project: `/srv/vit` in the compose deployment,
-the project root for the embedded server).
+(where the server sees models.config's directory: `/srv/vit` in the compose
+deployment; by default the file's own directory, as the embedded server).
 
 Labels used:
   stable    the version that takes normal traffic
@@ -59,7 +59,7 @@ class Rollout:
   def __init__(self, server: str, config_path: str | os.PathLike, model: str, *,
                base_path_root: str | None = None, load_timeout_s: float = 300.0) -> None:
     self.config_path = Path(config_path)
-    self.base_path_root = base_path_root or os.getcwd()
+    self.base_path_root = base_path_root or str(self.config_path.resolve().parent)
     self.model = model
     self.load_timeout_s = load_timeout_s
     self.client = GrpcClient(server)
@@ -294,8 +294,8 @@ def _parser() -> argparse.ArgumentParser:
   parser.add_argument("--model", required=True, help="the model to change")
   parser.add_argument("--base_path_root", default=None,
                       help="where the server sees the project, for relative base paths "
-                           "(default: the current directory; /srv/vit for the compose "
-                           "deployment)")
+                           "(default: --model_config_file's directory; /srv/vit for the "
+                           "compose deployment)")
   parser.add_argument("--timeout", type=float, default=300.0,
                       help="seconds to wait for a version to load or unload (default "
                            "%(default)s)")

@@ -14,7 +14,9 @@ shapes against the placeholders, which the C++ Session does not.
 
 from __future__ import annotations
 
+import ctypes
 import logging
+import os
 import threading
 from pathlib import Path
 from typing import Mapping, Sequence
@@ -32,6 +34,21 @@ log = logging.getLogger("serving")
 DEFAULT_SIGNATURE = contract.DEFAULT.name  # "serving_default", TF Serving's default key
 # servables/tensorflow/bundle_factory_util.cc: kBatchingParamsFilename.
 BATCHING_PARAMS_FILE = "batching_params.pbtxt"
+
+
+def disable_xla_compilation() -> None:
+  """What tensorflow_model_server does without --xla_cpu_compilation_enabled
+  or --xla_gpu_compilation_enabled (main.cc): tensorflow::DisableXlaCompilation().
+
+  From then on every XLA compilation in this process fails with INTERNAL
+  "XLA compilation disabled": a jax2tf export (XlaCallModule, compiled at its
+  first run) fails its warmup, and so its load, or its first request; graphs
+  without XLA clusters (TF Serving's half_plus_two) are unaffected.  The
+  function has no Python binding, but libtensorflow_cc exports it, so the
+  embedded server calls TensorFlow's own switch rather than imitating it.
+  """
+  library = ctypes.CDLL(os.path.join(os.path.dirname(tf.__file__), "libtensorflow_cc.so.2"))
+  library._ZN10tensorflow21DisableXlaCompilationEv()   # tensorflow::DisableXlaCompilation()
 
 
 class Servable:
@@ -114,4 +131,4 @@ class Servable:
     return run
 
 
-__all__ = ["BATCHING_PARAMS_FILE", "DEFAULT_SIGNATURE", "Servable"]
+__all__ = ["BATCHING_PARAMS_FILE", "DEFAULT_SIGNATURE", "Servable", "disable_xla_compilation"]

@@ -72,6 +72,7 @@ class ServerOptions:
   tensorflow_inter_op_parallelism: int
   tensorflow_session_parallelism: int
   xla_cpu_compilation_enabled: bool
+  xla_gpu_compilation_enabled: bool
 
   @classmethod
   def from_flags(cls, values: Mapping[str, Any]) -> ServerOptions:
@@ -198,8 +199,9 @@ class Server:
       tf.config.threading.set_intra_op_parallelism_threads(intra)
     if inter:
       tf.config.threading.set_inter_op_parallelism_threads(inter)
-    if o.xla_cpu_compilation_enabled:
-      tf.config.optimizer.set_jit(True)
+    if not o.xla_cpu_compilation_enabled and not o.xla_gpu_compilation_enabled:
+      from serving.servable import disable_xla_compilation
+      disable_xla_compilation()      # main.cc: DisableXlaCompilation()
 
   def _start_grpc(self, credentials: Any) -> None:
     from serving import grpc_service

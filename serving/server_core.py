@@ -162,7 +162,7 @@ class ServerCore:
     with self._lock:
       removed = [self._models.pop(n) for n in list(self._models) if n not in wanted]
       for name, cfg in wanted.items():
-        base = Path(os.path.abspath(cfg.base_path))    # relative: to the working directory
+        base = Path(os.path.abspath(cfg.base_path))    # --model_base_path: to the working dir
         model = self._models.get(name)
         if model is None:
           model = self._models[name] = Model(cfg, base)
@@ -441,33 +441,37 @@ class ConfigFilePoller:
       self.reported = None         # back to what runs: report the next change again
       return
     if text is None:
-      self._report(text, f"Failed to read ModelServerConfig file: {self.path}: cannot read it",
-                   logging.ERROR)
+      self._report(text, logging.ERROR,
+                   f"Failed to read ModelServerConfig file: {self.path}: cannot read it")
       return
     server_config = model_server_config_pb2.ModelServerConfig()
     try:
       text_format.Parse(text, server_config)
-    except text_format.ParseError as e:
-      self._report(text, f"Failed to read ModelServerConfig file: {self.path}: {e}",
-                   logging.ERROR)
+    except text_format.ParseError as e:     # logged as TF Serving logs it (server.cc)
+      self._report(text, logging.ERROR, config_files.parse_error_line(server_config, e),
+                   f"Failed to read ModelServerConfig file: Invalid protobuf file: "
+                   f"'{self.path}'")
       return
     if server_config.WhichOneof("config") is None:
-      self._report(text, "Taking no action for empty config.", logging.INFO)
+      self._report(text, logging.INFO, "Taking no action for empty config.")
       return
+    config_files.resolve_base_paths(server_config, self.path)
     try:
       config_files.validate_model_server_config(server_config, self.path)
       if self.reported is None or self.reported[0] != text:   # not a retry
         log.info("Reloading model config from %s", self.path)
       core.reload_config(server_config)
     except ServingError as e:
-      self._report(text, f"PollFilesystemAndReloadConfig failed to ReloadConfig: {e}",
-                   logging.ERROR)
+      self._report(text, logging.ERROR,
+                   f"PollFilesystemAndReloadConfig failed to ReloadConfig: {e}")
       return
     self.applied, self.reported = text, None
 
-  def _report(self, text: str | None, message: str, level: int) -> None:
+  def _report(self, text: str | None, level: int, *lines: str) -> None:
+    message = "\n".join(lines)
     if self.reported != (text, message):
-      log.log(level, "%s", message)
+      for line in lines:
+        log.log(level, "%s", line)
       self.reported = (text, message)
 
 

@@ -194,3 +194,17 @@ def test_the_side_script_imports_no_project_code() -> None:
               if isinstance(node, ast.ImportFrom) and node.module}
   assert modules - set(sys.stdlib_module_names) == {"numpy", "tensorflow",
                                                     "tensorflow_serving"}
+
+
+def test_the_xla_flag_check_fails_for_a_graph_without_xla(tmp_path: Path,
+                                                         saved_model: Path) -> None:
+  # --check-xla-flag expects the export's warmup to fail once XLA compilation
+  # is disabled (as tensorflow_model_server without the XLA flags); this toy
+  # graph has no XLA, so the check must report it. A subprocess: the switch
+  # is process-wide. (make check-tfserving runs it on a real jax2tf export.)
+  plan_path, _, _, _ = _write_plan(tmp_path, saved_model)
+  result = subprocess.run([sys.executable, str(SCRIPT), "--check-xla-flag", str(plan_path)],
+                          capture_output=True, text=True, timeout=300)
+  assert result.returncode == 1, result.stdout + result.stderr
+  assert "4/4 ok" in result.stdout
+  assert "warmup ran: the export does not need XLA" in result.stdout

@@ -57,7 +57,8 @@ def repo(tmp_path_factory, reference_manifest, data_dir):
 def server(repo):
   process = ServerProcess([f"--port={free_port()}", f"--rest_api_port={free_port()}",
                            f"--model_config_file={repo / 'models.config'}",
-                           "--allow_version_labels_for_unavailable_models"])
+                           "--allow_version_labels_for_unavailable_models",
+                           "--xla_cpu_compilation_enabled=true"])
   yield process
   process.stop()
 

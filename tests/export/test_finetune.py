@@ -106,7 +106,8 @@ def _png(pixels: np.ndarray) -> bytes:
 def test_served_by_the_embedded_server_over_grpc(head_only, base):
   root, test = base["root"], base["test"]
   server = helpers.ServerProcess([f"--port={helpers.free_port()}",
-                                  "--model_config_file=models.config"], cwd=root)
+                                  "--model_config_file=models.config",
+                                  "--xla_cpu_compilation_enabled=true"], cwd=root)
   try:
     request = predict_pb2.PredictRequest()
     request.model_spec.name = NAME

@@ -72,6 +72,7 @@ def setup(tmp_path: Path, exported: dict) -> Iterator[tuple]:
                           f"--model_config_file={config_file}",
                           "--model_config_file_poll_wait_seconds=1",
                           "--file_system_poll_wait_seconds=1",
+                          "--xla_cpu_compilation_enabled=true",  # jax2tf exports
                           f"--monitoring_config_file={root / 'monitoring.config'}"], cwd=root)
   yield root, exported["config"], exported["ckpts"], config_file, server
   server.stop()

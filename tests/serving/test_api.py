@@ -419,9 +419,29 @@ def test_rest_bad_request(rest_url, case):
   assert status == 200, doc
 
 
-@needs_embedded
-def test_health_service(channel):
+def test_health_service_is_off_by_default(channel):
+  # --enable_grpc_healthcheck_service defaults to false in tensorflow_model_server
+  # (main.cc; server.cc registers grpc.health.v1 only when it is set), so
+  # a health check against a server started without it is UNIMPLEMENTED.
   from grpc_health.v1 import health_pb2, health_pb2_grpc
-  health = health_pb2_grpc.HealthStub(channel)
-  reply = health.Check(health_pb2.HealthCheckRequest(service=""), timeout=30)
-  assert reply.status == health_pb2.HealthCheckResponse.SERVING
+  with pytest.raises(grpc.RpcError) as error:
+    health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=""),
+                                              timeout=30)
+  assert error.value.code() == grpc.StatusCode.UNIMPLEMENTED
+
+
+@needs_embedded     # its own server, with the flag
+def test_health_service_with_the_flag(repository):
+  from grpc_health.v1 import health_pb2, health_pb2_grpc
+  server = helpers.ServerProcess([f"--port={helpers.free_port()}",
+                                  f"--model_config_file={repository / 'models.config'}",
+                                  "--allow_version_labels_for_unavailable_models",
+                                  "--enable_grpc_healthcheck_service=true"])
+  try:
+    with grpc.insecure_channel(server.grpc_address) as channel:
+      health = health_pb2_grpc.HealthStub(channel)
+      for service in ("", "PredictionService", "ModelService"):   # server.cc's names
+        reply = health.Check(health_pb2.HealthCheckRequest(service=service), timeout=30)
+        assert reply.status == health_pb2.HealthCheckResponse.SERVING, service
+  finally:
+    server.stop()

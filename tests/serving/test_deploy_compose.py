@@ -34,7 +34,10 @@ BATCHING_FILES = {"gpu": "batching_parameters.gpu.config", "cpu": "batching_para
 
 def service(flavor: str) -> dict[str, Any]:
   compose = ds.load_yaml(COMPOSE_FILES[flavor])
-  assert list(compose["services"]) == ["tfserving"]
+  # tfserving, plus Prometheus and Grafana behind the optional "monitoring"
+  # profile (tests/serving/test_monitoring.py).
+  assert list(compose["services"]) == ["tfserving", "prometheus", "grafana"]
+  assert "profiles" not in compose["services"]["tfserving"]
   return compose["services"]["tfserving"]
 
 
@@ -151,7 +154,9 @@ def test_entrypoint_and_healthcheck_scripts_come_from_the_mount(flavor: str) -> 
   test = [ds.compose_defaults(part) for part in svc["healthcheck"]["test"]]
   assert test[:2] == ["CMD", "bash"]
   assert host_path(test[2], svc_mounts) == ds.CONFIG_DIR / "healthcheck.sh"
-  assert test[3:] == ["8501", f"/v1/models/{ds.DEFAULT_MODEL}", "AVAILABLE"]
+  # Readiness follows models.config (every model it names), not one model.
+  assert test[3:5] == ["8501", "--models-from"]
+  assert host_path(test[5], svc_mounts) == ds.ROOT / "models.config"
   assert svc["init"] is True
 
 
@@ -168,8 +173,8 @@ def test_gpu_reservation_only_in_the_gpu_file() -> None:
 
 def test_cpu_file_differs_only_in_image_batching_and_gpu() -> None:
   gpu, cpu = service("gpu"), service("cpu")
-  assert gpu["command"][-1] == "--xla_gpu_compilation_enabled=true"
-  gpu["command"].pop()
+  gpu_only = ("--xla_gpu_compilation_enabled=", "--per_process_gpu_memory_fraction=")
+  gpu["command"] = [f for f in gpu["command"] if not f.startswith(gpu_only)]
   for svc in (gpu, cpu):
     svc.pop("image")
     svc.pop("deploy", None)

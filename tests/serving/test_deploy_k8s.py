@@ -282,11 +282,15 @@ def test_ports_service_and_probes(flavor: str) -> None:
   served = {m.name for m in ds.parse_model_server_config(
       mounted_files(objects)[PurePosixPath(flags["model_config_file"])]
   ).model_config_list.config}
-  # Readiness: the served model's REST status.
-  get = c["readinessProbe"]["httpGet"]
-  assert get["port"] == "http"
-  model = re.fullmatch(r"/v1/models/([A-Za-z0-9_.-]+)", get["path"])
-  assert model and model.group(1) in served, get["path"]
+  # Readiness: every model of the mounted models.config (the script reads
+  # the file the server reads; tests/serving/test_healthcheck.py runs it).
+  files = mounted_files(objects)
+  command = c["readinessProbe"]["exec"]["command"]
+  assert command[0] == "bash" and files[PurePosixPath(command[1])] == (
+      ds.CONFIG_DIR / "healthcheck.sh").read_text()
+  assert command[2:4] == [flags["rest_api_port"], "--models-from"]
+  assert PurePosixPath(command[4]) == PurePosixPath(flags["model_config_file"])
+  assert served
   # Startup and liveness: Kubernetes' grpc.health.v1 probe on the gRPC port,
   # served only with --enable_grpc_healthcheck_service. No `service`: the
   # server's overall status "", which TF Serving and the embedded server both

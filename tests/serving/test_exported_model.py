@@ -40,7 +40,8 @@ def served(exported):
   base, _ = exported
   server = helpers.ServerProcess([f"--port={helpers.free_port()}",
                                   f"--rest_api_port={helpers.free_port()}",
-                                  f"--model_name={NAME}", f"--model_base_path={base}"])
+                                  f"--model_name={NAME}", f"--model_base_path={base}",
+                                  "--xla_cpu_compilation_enabled=true"])
   yield server
   server.stop()
 

@@ -24,6 +24,7 @@ def test_flag_syntaxes_and_defaults():
   assert values["model_name"] == "m" and values["xla_cpu_compilation_enabled"] is True
   assert values["file_system_poll_wait_seconds"] == 1     # TF Serving's default
   assert values["bind"] == "127.0.0.1"
+  assert values["enable_grpc_healthcheck_service"] is False  # TF Serving's default (main.cc)
   assert flags.parse(["--noenable_model_warmup"])["enable_model_warmup"] is False
 
 
@@ -101,10 +102,28 @@ def _run_server(args: list[str], cwd) -> subprocess.CompletedProcess:
 
 
 def test_start_up_fails_on_unparsable_config_and_bad_flag_values(tmp_path):
-  (tmp_path / "models.config").write_text("model_config_list { oops }")
+  (tmp_path / "models.config").write_text("model_config_list {\n  config {\n    nme: 'a'\n")
   result = _run_server(["--port=0", "--model_config_file=models.config"], tmp_path)
   assert result.returncode != 0
+  # TF Serving's two lines: protobuf's TextFormat parser (text_format.cc,
+  # 1-based line:column) and the status of ParseProtoTextFile (proto_util.h).
+  assert ("Error parsing text-format tensorflow.serving.ModelServerConfig: 3:5: Message type "
+          '"tensorflow.serving.ModelConfig" has no field named "nme".') in result.stderr
   assert "Failed to start server. Error: INVALID_ARGUMENT: Invalid protobuf file: " \
-         "'models.config'" in result.stderr
+         "'models.config'\n" in result.stderr
   result = _run_server(["--model_base_path=/x", "--port=x"], tmp_path)
   assert result.returncode != 0 and "illegal value 'x' for flag '--port'" in result.stderr
+
+
+def test_help_lists_every_flag_with_what_it_does_here():
+  result = subprocess.run([sys.executable, "-m", "serving", "--help"], capture_output=True,
+                          text=True, timeout=60, cwd=helpers.ROOT)
+  assert result.returncode == 0
+  lines = {line.split("=")[0].strip(): line for line in result.stdout.splitlines()
+           if line.startswith("  --")}
+  assert set(lines) == {f"--{name}" for name in flags.FLAGS}
+  for name in ("xla_gpu_compilation_enabled", "per_process_gpu_memory_fraction",
+               "mixed_precision"):
+    assert lines[f"--{name}"].split(maxsplit=1)[1].startswith("GPU: "), name
+  assert "no effect here" in lines["--per_process_gpu_memory_fraction"]
+  assert "DisableXlaCompilation" in lines["--xla_cpu_compilation_enabled"]

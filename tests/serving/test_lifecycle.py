@@ -415,7 +415,10 @@ def test_empty_and_garbage_config_files_are_survived(fresh):
   _assert_served_throughout(server, traffic)
   log = server.process.log
   assert log.count("Taking no action for empty config.") == 1, log
-  assert log.count("Failed to read ModelServerConfig file") == 1, log
+  # server.cc's line after protobuf's own (text_format.cc), as TF Serving logs them.
+  assert log.count("Failed to read ModelServerConfig file: Invalid protobuf file: "
+                   f"'{config}'") == 1, log
+  assert log.count("Error parsing text-format tensorflow.serving.ModelServerConfig: ") == 1, log
   config.write_text(good)                  # back to what runs: nothing to do
   time.sleep(1.5)
   config.write_text("")                    # a new change is reported again

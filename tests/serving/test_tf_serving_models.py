@@ -240,3 +240,13 @@ def test_flags_method_name_check_and_tensor_content(models):
       assert tf.make_ndarray(y).tolist() == [[3.0]]
   finally:
     proc.stop()
+
+
+def test_bad_model_config(tmp_path):
+  # testBadModelConfig with its testdata/bad_model_config.txt: the parser's
+  # line on stderr is what the test (and operators) look for.
+  config = tmp_path / "bad_model_config.txt"
+  config.write_text("improperly formatted file")
+  with pytest.raises(RuntimeError, match="server exited") as failure:
+    helpers.ServerProcess([f"--port={helpers.free_port()}", f"--model_config_file={config}"])
+  assert "Error parsing text-format tensorflow.serving.ModelServerConfig" in str(failure.value)
