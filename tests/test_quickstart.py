@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.serving.helpers import free_port
+from tests.support.tiny_models import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 

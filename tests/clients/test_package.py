@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.serving.helpers import ROOT, ServerProcess, free_port, write_tf2_model
+from tests.support.tiny_models import ROOT, ServerProcess, free_port, write_tf2_model
 
 HEAVY = ("tensorflow", "jax", "flax")
 

@@ -22,7 +22,7 @@ from PIL import Image
 
 from clients import (ClientError, GrpcClient, RestClient, RetryPolicy, RoutedClient, Router,
                      label_arms, preprocessing)
-from tests.serving.helpers import ROOT, ServerProcess, free_port
+from tests.support.tiny_models import ROOT, ServerProcess, free_port
 
 LABELS = [f"class_{i}" for i in range(10)]
 SIZE = 32

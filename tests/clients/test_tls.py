@@ -13,8 +13,8 @@ import pytest
 from PIL import Image
 
 from clients import ClientError, GrpcClient, RestClient, RetryPolicy, Tls
-from tests.clients.pki import write_pki
-from tests.serving.helpers import ROOT, ServerProcess, free_port, write_tf2_model
+from tests.support.pki import write_pki
+from tests.support.tiny_models import ROOT, ServerProcess, free_port, write_tf2_model
 
 FAST = RetryPolicy(attempts=2, initial_backoff=0.01, jitter=0.0)
 

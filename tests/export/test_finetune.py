@@ -19,7 +19,7 @@ from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 from export import digits, finetune
 from export.checkpoint import read_npz, save_checkpoint
 from export.exporter import export_checkpoint
-from tests.serving import helpers
+from tests.support import tiny_models
 
 SEEN, NEW = [0, 1, 2, 3, 4], [5, 6, 7, 8, 9]
 NAME = "digits_5to9"
@@ -105,7 +105,7 @@ def _png(pixels: np.ndarray) -> bytes:
 
 def test_served_by_the_embedded_server_over_grpc(head_only, base):
   root, test = base["root"], base["test"]
-  server = helpers.ServerProcess([f"--port={helpers.free_port()}",
+  server = tiny_models.ServerProcess([f"--port={tiny_models.free_port()}",
                                   "--model_config_file=models.config"], cwd=root)
   try:
     request = predict_pb2.PredictRequest()

@@ -26,7 +26,7 @@ import export
 from clients import (NO_RETRY, ClientError, GrpcClient, RestClient, RoutedClient, Router,
                      label_arms, model_config, prometheus)
 from serving.rollout import Rollout, RolloutError, compare
-from tests.serving.helpers import ServerProcess, free_port
+from tests.support.tiny_models import ServerProcess, free_port
 
 MODEL = "ab"
 DATA = Path(__file__).parents[1] / "data"

@@ -25,8 +25,8 @@ from typing import Any, Iterator
 import pytest
 from google.protobuf import text_format
 
-from tests.serving import deploy_support as ds
-from tests.serving.helpers import free_port
+from tests.support import deploy as ds
+from tests.support.tiny_models import free_port
 
 COMPOSE_FILES = {"gpu": ds.COMPOSE_GPU, "cpu": ds.COMPOSE_CPU}
 BATCHING_FILES = {"gpu": "batching_parameters.gpu.config", "cpu": "batching_parameters.config"}

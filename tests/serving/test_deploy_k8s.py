@@ -22,7 +22,7 @@ from typing import Any
 import kubernetes_validate
 import pytest
 
-from tests.serving import deploy_support as ds
+from tests.support import deploy as ds
 
 OVERLAYS = {"cpu": ds.DEPLOY / "overlays" / "cpu", "gpu": ds.DEPLOY / "overlays" / "gpu"}
 COMPOSE = {"cpu": ds.COMPOSE_CPU, "gpu": ds.COMPOSE_GPU}

@@ -17,7 +17,7 @@ from PIL import Image
 from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
 from clients import contract
-from tests.serving import helpers
+from tests.support import tiny_models
 from tests.support.logs import FOREIGN
 from tests.support.remote import needs_embedded
 
@@ -38,8 +38,8 @@ def exported(tmp_path_factory, data_dir, reference_manifest):
 @pytest.fixture(scope="module")
 def served(exported):
   base, _ = exported
-  server = helpers.ServerProcess([f"--port={helpers.free_port()}",
-                                  f"--rest_api_port={helpers.free_port()}",
+  server = tiny_models.ServerProcess([f"--port={tiny_models.free_port()}",
+                                  f"--rest_api_port={tiny_models.free_port()}",
                                   f"--model_name={NAME}", f"--model_base_path={base}"])
   yield server
   server.stop()

@@ -12,7 +12,7 @@ from google.protobuf import text_format
 
 from serving import config, flags
 from serving.errors import ServingError
-from tests.serving import helpers
+from tests.support import tiny_models
 
 
 def test_flag_syntaxes_and_defaults():
@@ -96,7 +96,7 @@ def test_model_config_errors(tmp_path):
 def _run_server(args: list[str], cwd) -> subprocess.CompletedProcess:
   return subprocess.run([sys.executable, "-m", "serving", *args], cwd=cwd, capture_output=True,
                         text=True, timeout=120,
-                        env={"PYTHONPATH": str(helpers.ROOT), "TF_CPP_MIN_LOG_LEVEL": "2",
+                        env={"PYTHONPATH": str(tiny_models.ROOT), "TF_CPP_MIN_LOG_LEVEL": "2",
                              "PATH": "/usr/bin:/bin"})
 
 

@@ -36,11 +36,11 @@ from tensorflow_serving.apis import (get_model_status_pb2, model_management_pb2,
 from tensorflow_serving.config import model_server_config_pb2
 
 from clients import prometheus
-from tests.serving import helpers
+from tests.support import tiny_models
 from tests.support.remote import needs_embedded
 
 pytestmark = needs_embedded
-S = helpers.IMAGE_SIZE
+S = tiny_models.IMAGE_SIZE
 AVAILABLE = get_model_status_pb2.ModelVersionStatus.AVAILABLE
 END = get_model_status_pb2.ModelVersionStatus.END
 METRICS = "/monitoring/prometheus/metrics"
@@ -60,7 +60,7 @@ def _config_text(*entries: str) -> str:
 class Server:
   """A running embedded server over its own repository, with stubs."""
 
-  def __init__(self, root: Path, process: helpers.ServerProcess):
+  def __init__(self, root: Path, process: tiny_models.ServerProcess):
     self.root, self.process = root, process
     self.channel = grpc.insecure_channel(process.grpc_address,
                                          options=[("grpc.max_send_message_length", 64 << 20)])
@@ -89,13 +89,13 @@ class Server:
                if s.name == ":tensorflow:serving:request_count" and s.labels["status"] != "OK")
 
 
-def _start(root: Path, *flags: str, config: str | None = None) -> helpers.ServerProcess:
+def _start(root: Path, *flags: str, config: str | None = None) -> tiny_models.ServerProcess:
   (root / "monitoring.config").write_text(
       f'prometheus_config {{ enable: true path: "{METRICS}" }}\n')
   if config is not None:
     (root / "models.config").write_text(config)
-  return helpers.ServerProcess([
-      f"--port={helpers.free_port()}", f"--rest_api_port={helpers.free_port()}",
+  return tiny_models.ServerProcess([
+      f"--port={tiny_models.free_port()}", f"--rest_api_port={tiny_models.free_port()}",
       f"--model_config_file={root / 'models.config'}",
       f"--monitoring_config_file={root / 'monitoring.config'}", *flags], cwd=root)
 
@@ -103,7 +103,7 @@ def _start(root: Path, *flags: str, config: str | None = None) -> helpers.Server
 def _copy_version(repository: Path, root: Path, version: int, to: int | None = None) -> Path:
   """Version 1 (with warmup data) or 2 (+1 on the logits) of the tiny model."""
   target = root / "live" / str(to or version)
-  shutil.copytree(repository / helpers.TF2_MODEL / str(version), target)
+  shutil.copytree(repository / tiny_models.TF2_MODEL / str(version), target)
   return target
 
 
@@ -216,7 +216,7 @@ def test_version_dropped_in_is_served_without_restart(fresh):
   before = server.predict.Predict(_request(ONE), timeout=30)
   assert before.model_spec.version.value == 1
   (root / "live" / ".tmp-9").mkdir()       # an exporter mid-write: ignored
-  helpers.write_tf2_model(root / "staging", bias=1.0)
+  tiny_models.write_tf2_model(root / "staging", bias=1.0)
   os.rename(root / "staging", root / "live" / "2")
   _wait_for(lambda: server.states().get(2, (None,))[0] == AVAILABLE)
   after = server.predict.Predict(_request(ONE), timeout=30)
@@ -317,7 +317,7 @@ def test_adding_a_version_and_labelling_it_takes_two_reloads(fresh):
 
 def test_reload_waits_for_new_models_and_fails_when_one_does_not_load(fresh, repository):
   server = fresh(*FAST_POLLS)
-  shutil.copytree(repository / helpers.TF2_MODEL / "2", server.root / "second" / "1")
+  shutil.copytree(repository / tiny_models.TF2_MODEL / "2", server.root / "second" / "1")
   (server.root / "broken" / "1").mkdir(parents=True)
   (server.root / "broken" / "1" / "saved_model.pb").write_bytes(b"not a SavedModel")
   config = _live_config(server, (1,))
@@ -430,7 +430,7 @@ def test_empty_and_garbage_config_files_are_survived(fresh):
 def test_startup_waits_for_a_missing_model_with_ports_closed(tmp_path, repository):
   """tensorflow_model_server opens its ports only once every model is
   AVAILABLE (server.cc): a base path that appears later is waited for."""
-  port = helpers.free_port()
+  port = tiny_models.free_port()
   (tmp_path / "models.config").write_text(_config_text(_entry("live", tmp_path / "live")))
   seen: dict[str, object] = {}
 
@@ -441,7 +441,7 @@ def test_startup_waits_for_a_missing_model_with_ports_closed(tmp_path, repositor
     _copy_version(repository, tmp_path, 1)
 
   threading.Thread(target=appear_later, daemon=True).start()
-  process = helpers.ServerProcess([f"--port={port}", "--rest_api_port=0",
+  process = tiny_models.ServerProcess([f"--port={port}", "--rest_api_port=0",
                                    f"--model_config_file={tmp_path / 'models.config'}"],
                                   cwd=tmp_path)
   try:
@@ -460,9 +460,9 @@ def test_startup_fails_when_a_model_does_not_load(tmp_path, repository):
   (tmp_path / "broken" / "1" / "saved_model.pb").write_bytes(b"not a SavedModel")
   (tmp_path / "models.config").write_text(_config_text(
       _entry("live", tmp_path / "live"), _entry("broken", tmp_path / "broken")))
-  port = helpers.free_port()
+  port = tiny_models.free_port()
   with pytest.raises(RuntimeError, match="server exited with 1") as info:
-    helpers.ServerProcess([f"--port={port}", "--max_num_load_retries=0",
+    tiny_models.ServerProcess([f"--port={port}", "--max_num_load_retries=0",
                            f"--model_config_file={tmp_path / 'models.config'}"], cwd=tmp_path)
   assert ("Failed to start server. Error: UNKNOWN: 1 servable(s) did not become available: "
           "{{{name: broken version: 1} due to error: ") in str(info.value)
@@ -474,10 +474,10 @@ def test_second_server_on_a_busy_port_fails(fresh):
   connections; both ports must fail the start instead."""
   first = fresh()
   for busy in (first.process.grpc_address, first.process.rest_address):
-    ports = [helpers.free_port(), helpers.free_port()]
+    ports = [tiny_models.free_port(), tiny_models.free_port()]
     ports[busy == first.process.rest_address] = int(busy.rsplit(":", 1)[1])
     with pytest.raises(RuntimeError, match="server exited with 1") as info:
-      helpers.ServerProcess([f"--port={ports[0]}", f"--rest_api_port={ports[1]}",
+      tiny_models.ServerProcess([f"--port={ports[0]}", f"--rest_api_port={ports[1]}",
                              f"--model_config_file={first.root / 'models.config'}"],
                             cwd=first.root)
     assert "Failed to start server. Error:" in str(info.value)

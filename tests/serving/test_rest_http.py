@@ -21,26 +21,26 @@ from typing import Iterator
 import numpy as np
 import pytest
 
-from tests.serving import helpers
+from tests.support import tiny_models
 from tests.support.remote import REMOTE_REST, needs_embedded
 
-TINY = helpers.TF2_MODEL
-S = helpers.IMAGE_SIZE
+TINY = tiny_models.TF2_MODEL
+S = tiny_models.IMAGE_SIZE
 TIMEOUT_MS = 2000
 PREDICT = f"/v1/models/{TINY}:predict"
 METRICS = "/monitoring/prometheus/metrics"
 
 
 @pytest.fixture(scope="module")
-def server(repository, tmp_path_factory) -> Iterator[helpers.ServerProcess | None]:
+def server(repository, tmp_path_factory) -> Iterator[tiny_models.ServerProcess | None]:
   if REMOTE_REST:
     yield None
     return
   monitoring = tmp_path_factory.mktemp("monitoring") / "monitoring.config"
   monitoring.write_text(f'prometheus_config {{ enable: true path: "{METRICS}" }}\n')
-  proc = helpers.ServerProcess([
+  proc = tiny_models.ServerProcess([
       f"--monitoring_config_file={monitoring}",
-      f"--port={helpers.free_port()}", f"--rest_api_port={helpers.free_port()}",
+      f"--port={tiny_models.free_port()}", f"--rest_api_port={tiny_models.free_port()}",
       f"--model_config_file={repository / 'models.config'}",
       "--allow_version_labels_for_unavailable_models",  # as conftest.py's server
       "--file_system_poll_wait_seconds=0", f"--rest_api_timeout_in_ms={TIMEOUT_MS}",

@@ -24,7 +24,7 @@ from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
 from clients import GrpcClient, model_config
 from serving import rollout
-from tests.serving import helpers
+from tests.support import tiny_models
 from tests.support.remote import needs_embedded
 
 pytestmark = needs_embedded
@@ -38,8 +38,8 @@ class Server:
     self.root, self.config = root, root / "models.config"
     (root / "monitoring.config").write_text(
         f'prometheus_config {{ enable: true path: "{METRICS}" }}\n')
-    self.process = helpers.ServerProcess([
-        f"--port={helpers.free_port()}", f"--rest_api_port={helpers.free_port()}",
+    self.process = tiny_models.ServerProcess([
+        f"--port={tiny_models.free_port()}", f"--rest_api_port={tiny_models.free_port()}",
         f"--model_config_file={self.config}", "--max_num_load_retries=0",
         f"--monitoring_config_file={root / 'monitoring.config'}", *flags], cwd=root)
     self.channel = grpc.insecure_channel(self.process.grpc_address)
@@ -54,7 +54,7 @@ class Server:
     request = predict_pb2.PredictRequest()
     request.model_spec.name, request.model_spec.version_label = model, label
     request.inputs["images"].CopyFrom(tf.make_tensor_proto(
-        np.zeros((1, helpers.IMAGE_SIZE, helpers.IMAGE_SIZE, 3), np.float32)))
+        np.zeros((1, tiny_models.IMAGE_SIZE, tiny_models.IMAGE_SIZE, 3), np.float32)))
     return self.stub.Predict(request, timeout=30).model_spec.version.value
 
   def close(self) -> None:
@@ -79,7 +79,7 @@ def _add_model(server: Server, repository: Path, name: str) -> None:
   """Versions 1 and 2 of the tiny model (and a broken 3) under models/<name>,
   served with version 1 pinned, as the exporter leaves a new model."""
   for v in (1, 2):
-    shutil.copytree(repository / helpers.TF2_MODEL / str(v), server.root / "models" / name / str(v))
+    shutil.copytree(repository / tiny_models.TF2_MODEL / str(v), server.root / "models" / name / str(v))
   (server.root / "models" / name / "3").mkdir()
   (server.root / "models" / name / "3" / "saved_model.pb").write_bytes(b"not a SavedModel")
 
@@ -218,7 +218,7 @@ def test_every_step_has_help(step):
   """Each step explains itself (that help imports nothing heavy is checked
   for every command line in tests/test_cli_help.py)."""
   result = subprocess.run([sys.executable, "-m", "serving.rollout", step, "--help"],
-                          capture_output=True, text=True, timeout=60, cwd=helpers.ROOT)
+                          capture_output=True, text=True, timeout=60, cwd=tiny_models.ROOT)
   assert result.returncode == 0, result.stderr
   description = result.stdout.split("\n\n")[1]
   assert len(description) > 20, result.stdout
