@@ -14,6 +14,7 @@ import ast
 import http.server
 import os
 import re
+import select
 import shutil
 import signal
 import subprocess
@@ -302,7 +303,10 @@ class FakeServer:
                                  stderr=subprocess.PIPE, text=True, env=environ,
                                  start_new_session=True)
 
-  def args(self) -> list[str]:
+  def args(self, timeout: float = 30.0) -> list[str]:
+    """The stand-in's arguments, from its first line, within `timeout`."""
+    ready, _, _ = select.select([self.proc.stdout], [], [], timeout)
+    assert ready, f"the entrypoint printed nothing in {timeout:.0f} s"
     line = self.proc.stdout.readline()
     assert line.startswith("ARGS "), (line, self.proc.stderr.read())
     return line.split()[1:]
