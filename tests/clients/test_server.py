@@ -20,13 +20,12 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from clients import (ClientError, GrpcClient, RestClient, RetryPolicy, RoutedClient, Router,
+from clients import (NO_RETRY, ClientError, GrpcClient, RestClient, RoutedClient, Router,
                      label_arms, preprocessing)
 from tests.support.tiny_models import ROOT, ServerProcess, free_port
 
 LABELS = [f"class_{i}" for i in range(10)]
 SIZE = 32
-FAST = RetryPolicy(attempts=2, initial_backoff=0.01, jitter=0.0)
 
 
 @pytest.fixture(scope="module")
@@ -64,13 +63,13 @@ def server(repo):
 
 @pytest.fixture(scope="module")
 def grpc_client(server):
-  with GrpcClient(server.grpc_address, timeout=60, retry=FAST) as client:
+  with GrpcClient(server.grpc_address, timeout=60, retry=NO_RETRY) as client:
     yield client
 
 
 @pytest.fixture(scope="module")
 def rest_client(server):
-  with RestClient(server.rest_address, timeout=60, retry=FAST) as client:
+  with RestClient(server.rest_address, timeout=60, retry=NO_RETRY) as client:
     yield client
 
 
@@ -295,8 +294,8 @@ def test_async_clients_give_the_sync_results(server, grpc_client, encoded):
   expected = grpc_client.predict_encoded("vit", encoded, label="stable")
 
   async def run():
-    async with AsyncGrpcClient(server.grpc_address, retry=FAST) as g, \
-        AsyncRestClient(server.rest_address, retry=FAST) as r:
+    async with AsyncGrpcClient(server.grpc_address, retry=NO_RETRY) as g, \
+        AsyncRestClient(server.rest_address, retry=NO_RETRY) as r:
       calls = [client.predict_encoded("vit", [image], label="stable")
                for client in (g, r) for image in encoded]
       results = await asyncio.gather(*calls)
@@ -373,8 +372,8 @@ def test_cli_perf_sweeps_concurrency_with_json_and_plot(server, encoded, tmp_pat
 
 def test_compressed_requests_get_the_same_answers(server, grpc_client, encoded):
   expected = grpc_client.predict_encoded("vit", encoded, version=1)
-  with GrpcClient(server.grpc_address, compression=True, retry=FAST) as g, \
-      RestClient(server.rest_address, compression=True, retry=FAST) as r:
+  with GrpcClient(server.grpc_address, compression=True, retry=NO_RETRY) as g, \
+      RestClient(server.rest_address, compression=True, retry=NO_RETRY) as r:
     for client in (g, r):
       result = client.predict_encoded("vit", encoded, version=1)
       np.testing.assert_allclose(result["logits"], expected["logits"], atol=1e-5)
