@@ -14,6 +14,8 @@ SIGTERM/SIGINT stop it cleanly.
 from __future__ import annotations
 
 import logging
+import os
+import re
 import signal
 import sys
 import threading
@@ -31,6 +33,12 @@ def main(argv: list[str]) -> int:
                       format="%(asctime)s.%(msecs)03d: %(levelname).1s serving] %(message)s",
                       datefmt="%Y-%m-%d %H:%M:%S")
   log = logging.getLogger("serving")
+  # TF Serving logs each file-system poll at VLOG(1) in
+  # file_system_storage_path_source.cc; the same TF_CPP_VMODULE setting turns
+  # on this server's line per finished poll (repository and config file).
+  if re.search(r"(^|,)file_system_storage_path_source=[1-9]",
+               os.environ.get("TF_CPP_VMODULE", "")):
+    logging.getLogger("serving.polls").setLevel(logging.DEBUG)
   if values["version"]:
     from importlib.metadata import version
     print(f"TensorFlow ModelServer (embedded): {version('tensorflow-serving-api')}")
@@ -111,6 +119,11 @@ def _serve(values: dict, log: logging.Logger, grpc_credentials: Any, rest_ssl: A
   fs_poll = values["file_system_poll_wait_seconds"]
   config_poll = values["model_config_file_poll_wait_seconds"] if config_file else 0
   manager.start_polling(fs_poll, lambda: poller.step(manager), config_poll)
+  # Before the ports are announced, so a SIGTERM as soon as they are is a
+  # clean stop (exit 0); until then (loading models) it ends the process.
+  stop = threading.Event()
+  for sig in (signal.SIGTERM, signal.SIGINT):
+    signal.signal(sig, lambda *_: stop.set())
 
   bind = values["bind"]
   grpc_server = None
@@ -138,9 +151,6 @@ def _serve(values: dict, log: logging.Logger, grpc_credentials: Any, rest_ssl: A
   elif prometheus_path:
     log.warning("Prometheus metrics are enabled but --rest_api_port is 0: not exported")
 
-  stop = threading.Event()
-  for sig in (signal.SIGTERM, signal.SIGINT):
-    signal.signal(sig, lambda *_: stop.set())
   stop.wait()
   log.info("Shutting down")
   if rest is not None:

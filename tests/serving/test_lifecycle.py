@@ -108,8 +108,10 @@ def _copy_version(repository: Path, root: Path, version: int, to: int | None = N
 
 
 @pytest.fixture
-def fresh(tmp_path: Path, repository: Path) -> Iterator[Callable[..., Server]]:
-  """Starts a server of this test's own on `live` (version 1 unless told)."""
+def fresh(tmp_path: Path, repository: Path, monkeypatch) -> Iterator[Callable[..., Server]]:
+  """Starts a server of this test's own on `live` (version 1 unless told),
+  logging each finished poll (see `_after_polls`)."""
+  monkeypatch.setenv("TF_CPP_VMODULE", "file_system_storage_path_source=1")
   started: list[Server] = []
 
   def start(*flags: str, versions: tuple[int, ...] = (1,), config: str | None = None) -> Server:
@@ -158,6 +160,15 @@ def _request(images: np.ndarray, version: int | None = None,
 
 
 ONE = np.zeros((1, S, S, 3), np.float32)
+
+
+def _after_polls(server: Server, poller: str, polls: int = 1) -> None:
+  """Waits until `polls` passes of `poller` ("fs-poll": the repositories,
+  "config-poll": --model_config_file) started after this call and finished.
+  So a check that nothing changed has seen the server look."""
+  done = server.process.log.count(f"{poller} pass ")
+  # The pass under way now may have looked before the caller's change.
+  _wait_for(lambda: server.process.log.count(f"{poller} pass ") >= done + polls + 1)
 
 
 def _wait_for(predicate, timeout: float = 60.0):
@@ -253,13 +264,14 @@ def test_base_path_missing_for_a_while_keeps_serving(fresh):
   server = fresh(*FAST_POLLS)
   traffic = Traffic(server)
   try:
-    time.sleep(1)
+    _wait_for(lambda: traffic.ok > 10)
     os.rename(server.root / "live", server.root / "live.away")
     server.process.wait_for_log(r"Could not find base path .*live for servable live")
-    time.sleep(3)                          # three polls with the base path gone
+    _after_polls(server, "fs-poll", 3)     # three polls with the base path gone
     os.rename(server.root / "live.away", server.root / "live")
     server.process.wait_for_log(r"Base path .*live for servable live is back")
-    time.sleep(1)
+    _after_polls(server, "fs-poll")
+    _wait_for(lambda: traffic.ok > 20)
   finally:
     traffic.stop()
   _assert_served_throughout(server, traffic)
@@ -305,7 +317,7 @@ def test_adding_a_version_and_labelling_it_takes_two_reloads(fresh):
   with pytest.raises(grpc.RpcError) as info:
     server.reload(_live_config(server, (1, 2), canary=2))
   assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION
-  time.sleep(1.5)                          # a poll: version 2 stays unaspired
+  _after_polls(server, "fs-poll")          # version 2 stays unaspired
   assert 2 not in server.states()
   assert server.reload(_live_config(server, (1, 2))).status.error_code == 0
   _wait_for(lambda: server.states().get(2, (None,))[0] == AVAILABLE)
@@ -370,7 +382,8 @@ def test_invalid_reloads_are_refused_and_change_nothing(fresh):
         server.reload(config)
       assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT, message
       assert message in info.value.details()
-    time.sleep(1.5)
+    _after_polls(server, "fs-poll")
+    _after_polls(server, "config-poll")
   finally:
     traffic.stop()
   assert traffic.failures == [] and traffic.ok > 0
@@ -405,11 +418,14 @@ def test_empty_and_garbage_config_files_are_survived(fresh):
   good = config.read_text()
   traffic = Traffic(server)
   try:
-    time.sleep(1)
+    _wait_for(lambda: traffic.ok > 10)
     config.write_text("")
-    time.sleep(3)
+    server.process.wait_for_log("Taking no action for empty config.")
+    _after_polls(server, "config-poll", 2)
     config.write_text(good[:len(good) // 2])    # half written
-    time.sleep(3)
+    server.process.wait_for_log("Failed to read ModelServerConfig file")
+    _after_polls(server, "config-poll", 2)
+    _wait_for(lambda: traffic.ok > 20)
   finally:
     traffic.stop()
   _assert_served_throughout(server, traffic)
@@ -417,7 +433,7 @@ def test_empty_and_garbage_config_files_are_survived(fresh):
   assert log.count("Taking no action for empty config.") == 1, log
   assert log.count("Failed to read ModelServerConfig file") == 1, log
   config.write_text(good)                  # back to what runs: nothing to do
-  time.sleep(1.5)
+  _after_polls(server, "config-poll")
   config.write_text("")                    # a new change is reported again
   _wait_for(lambda: server.process.log.count("Taking no action for empty config.") == 2)
   config.write_text(good.replace('"tensorflow"', '"tensorflow" model_version_policy { all {} }'))
@@ -432,20 +448,15 @@ def test_startup_waits_for_a_missing_model_with_ports_closed(tmp_path, repositor
   AVAILABLE (server.cc): a base path that appears later is waited for."""
   port = tiny_models.free_port()
   (tmp_path / "models.config").write_text(_config_text(_entry("live", tmp_path / "live")))
-  seen: dict[str, object] = {}
-
-  def appear_later() -> None:
-    time.sleep(4)
-    with socket.socket() as s:
-      seen["connect"] = s.connect_ex(("127.0.0.1", port))
-    _copy_version(repository, tmp_path, 1)
-
-  threading.Thread(target=appear_later, daemon=True).start()
   process = tiny_models.ServerProcess([f"--port={port}", "--rest_api_port=0",
-                                   f"--model_config_file={tmp_path / 'models.config'}"],
-                                  cwd=tmp_path)
+                                       f"--model_config_file={tmp_path / 'models.config'}"],
+                                      cwd=tmp_path, wait=False)
   try:
-    assert seen["connect"] != 0          # refused while waiting
+    process.wait_for_log(r"Could not find base path .*live for servable live")
+    with socket.socket() as s:
+      assert s.connect_ex(("127.0.0.1", port)) != 0     # refused while waiting
+    _copy_version(repository, tmp_path, 1)
+    process.wait_until_serving()
     lines = process.log.splitlines()
     loaded = next(i for i, line in enumerate(lines) if "Successfully loaded" in line)
     listening = next(i for i, line in enumerate(lines) if "Running gRPC ModelServer" in line)
