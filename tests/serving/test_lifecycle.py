@@ -480,6 +480,55 @@ def test_startup_fails_when_a_model_does_not_load(tmp_path, repository):
   assert "Running gRPC ModelServer" not in str(info.value)
 
 
+def _broken_version(directory: Path) -> Path:
+  directory.mkdir(parents=True)
+  (directory / "saved_model.pb").write_bytes(b"not a SavedModel")
+  return directory
+
+
+def test_failed_loads_are_retried_max_num_load_retries_times(tmp_path, repository):
+  """--max_num_load_retries=2: three attempts in all, `load_retry_interval`
+  apart, before start-up gives up (LoaderHarness's retries, server_core.cc)."""
+  _copy_version(repository, tmp_path, 1)
+  _broken_version(tmp_path / "broken" / "1")
+  (tmp_path / "models.config").write_text(_config_text(
+      _entry("live", tmp_path / "live"), _entry("broken", tmp_path / "broken")))
+  with pytest.raises(RuntimeError, match="server exited with 1") as info:
+    tiny_models.ServerProcess([f"--port={tiny_models.free_port()}", "--max_num_load_retries=2",
+                               "--load_retry_interval_micros=100000",
+                               f"--model_config_file={tmp_path / 'models.config'}"],
+                              cwd=tmp_path)
+  log = str(info.value)
+  assert log.count("Loading servable: {name: broken version: 1} failed") == 3, log
+  assert log.count("Successfully loaded servable version {name: live version: 1}") == 1
+
+
+def test_a_load_that_fails_then_succeeds_on_a_retry_serves(tmp_path, repository):
+  """A version whose files are not complete yet at the first attempt (a slow
+  copy) loads at a retry; start-up waits for it."""
+  version = _broken_version(tmp_path / "live" / "1")
+  (tmp_path / "models.config").write_text(_config_text(_entry("live", tmp_path / "live")))
+  process = tiny_models.ServerProcess(
+      [f"--port={tiny_models.free_port()}", "--max_num_load_retries=5",
+       "--load_retry_interval_micros=500000",
+       f"--model_config_file={tmp_path / 'models.config'}"], cwd=tmp_path, wait=False)
+  try:
+    process.wait_for_log(r"Loading servable: \{name: live version: 1\} failed")
+    good = repository / tiny_models.TF2_MODEL / "1"
+    for item in ("variables", "assets.extra"):
+      shutil.copytree(good / item, version / item)
+    shutil.copy(good / "saved_model.pb", tmp_path / "saved_model.pb")
+    os.replace(tmp_path / "saved_model.pb", version / "saved_model.pb")   # last, at once
+    process.wait_until_serving()
+    with grpc.insecure_channel(process.grpc_address) as channel:
+      stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+      assert stub.Predict(_request(ONE), timeout=30).model_spec.version.value == 1
+  finally:
+    process.stop()
+  assert process.log.count("Successfully loaded servable version {name: live version: 1}") == 1
+  assert 1 <= process.log.count("Loading servable: {name: live version: 1} failed") <= 5
+
+
 def test_second_server_on_a_busy_port_fails(fresh):
   """gRPC's default SO_REUSEPORT let a second server start and take half the
   connections; both ports must fail the start instead."""
