@@ -115,9 +115,10 @@ class Traffic:
       t.start()
 
   def route(self, weights: dict[str, float]) -> None:
+    """New arms; requests sent to the old ones end outside the next phase
+    (they started in "switching"), so they count for none."""
     self.phase = "switching"
     self.router = Router(label_arms(weights))
-    time.sleep(0.5)  # let requests already sent to the old arms finish
 
   def _run(self, client, worker: int) -> None:
     n = 0
@@ -155,13 +156,18 @@ class Traffic:
       return Counter(v for tr, start, end, _, v in self.results
                      if start == end == phase and transport in (None, tr))
 
-  def set_phase(self, phase: str, seconds: float) -> None:
-    """Starts `phase` and lets traffic run in it; requests that start or end
-    outside it (while a step is applied) are not counted for it."""
+  def set_phase(self, phase: str, results: int = 10, timeout: float = 120.0) -> None:
+    """Starts `phase` and lets traffic run in it until each transport has
+    `results` requests that started and ended in it (those that start or
+    end outside it, while a step is applied, do not count), or fails after
+    `timeout` seconds."""
     self.phase = phase
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:  # enough traffic in this phase
-      time.sleep(0.1)
+    deadline = time.monotonic() + timeout
+    while min(sum(self.versions(phase, t).values()) for t in ("grpc", "rest")) < results:
+      assert time.monotonic() < deadline, (
+          f"fewer than {results} results per transport in {phase!r} in {timeout:.0f} s; "
+          f"failures: {self.failures[:3]}")
+      time.sleep(0.05)
 
 
 def test_canary_promote_rollback_retire_under_load(setup):
@@ -175,20 +181,20 @@ def test_canary_promote_rollback_retire_under_load(setup):
   logits = {1: expected_logits(root, 1, images)}
   traffic = Traffic(server, images, logits)
   try:
-    traffic.set_phase("v1 stable", 2)
+    traffic.set_phase("v1 stable")
     # A new version is exported while traffic flows; the pinned policy keeps
     # the server from switching to it by itself.
     traffic.phase = "exporting"
     export.export_checkpoint(str(ckpts[2]), MODEL, root / "models", config=str(cfg_json),
                              model_config_file=config_file)
     logits[2] = expected_logits(root, 2, images)
-    traffic.set_phase("v2 exported", 2)
+    traffic.set_phase("v2 exported")
 
     traffic.phase = "switching"
     rollout.canary(2)
     assert rollout.labels() == {"stable": 1, "canary": 2}
     traffic.route({"stable": 0.5, "canary": 0.5})
-    traffic.set_phase("canary", 4)
+    traffic.set_phase("canary", results=30)  # the split below
     # The operator's view before promoting: both arms with traffic, no errors.
     arms = compare(prometheus.scrape(server.rest_address, METRICS), MODEL)
     assert arms["1"]["requests"] > 0 and arms["2"]["requests"] > 0, arms
@@ -198,19 +204,19 @@ def test_canary_promote_rollback_retire_under_load(setup):
     traffic.route({"stable": 1.0})
     rollout.promote()
     assert rollout.labels() == {"stable": 2, "previous": 1}
-    traffic.set_phase("promoted", 2)
+    traffic.set_phase("promoted")
 
     traffic.phase = "switching"
     rollout.rollback()
     assert rollout.labels() == {"stable": 1}
-    traffic.set_phase("rolled back", 2)
+    traffic.set_phase("rolled back")
 
     traffic.phase = "switching"
     rollout.canary(2)
     rollout.promote()
     rollout.retire(1)
     assert rollout.available() == [2]
-    traffic.set_phase("retired", 2)
+    traffic.set_phase("retired")
   finally:
     traffic.stop()
     rollout.close()
@@ -250,10 +256,10 @@ def test_broken_version_is_never_labelled_or_served(setup):
   images = np.zeros((1, 32, 32, 3), np.float32)
   traffic = Traffic(server, images, {1: expected_logits(root, 1, images)})
   try:
-    traffic.set_phase("before", 1)
+    traffic.set_phase("before", results=5)
     with pytest.raises(RolloutError, match="failed to load"):
       rollout.canary(2)
-    traffic.set_phase("after", 2)
+    traffic.set_phase("after", results=5)
     assert rollout.labels() == before_labels
     assert 2 not in rollout.available()
   finally:

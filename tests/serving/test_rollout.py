@@ -133,6 +133,54 @@ def test_canary(server, model):
   assert server.config.stat().st_mode & 0o777 == 0o644     # the file's mode is kept
 
 
+def test_load_serves_a_version_without_labelling_it(server, model):
+  assert server.cli(model, "load", "2") == 0
+  assert _versions(server, model) == [1, 2] and _labels(server, model) == {}
+  with GrpcClient(server.process.grpc_address) as client:
+    assert {s.version: s.state for s in client.status(model)} == {1: "AVAILABLE",
+                                                                 2: "AVAILABLE"}
+  assert server.cli(model, "load", "2") == 0                # again: nothing changes
+  assert _versions(server, model) == [1, 2]
+
+
+def test_load_of_a_broken_or_missing_version_drops_it_again(server, model, capsys):
+  before = server.config.read_text()
+  capsys.readouterr()
+  assert server.cli(model, "load", "3") == 1                # not a SavedModel
+  err = capsys.readouterr().err
+  assert err.startswith(f"error: version 3 of {model} failed to load: "), err
+  assert err.count("\n") == 1 and "Traceback" not in err
+  assert server.config.read_text() == before and _versions(server, model) == [1]
+  assert server.cli(model, "--timeout=3", "load", "7") == 1  # no such directory
+  assert f"version 7 of {model} not AVAILABLE after 3 s" in capsys.readouterr().err
+  assert server.config.read_text() == before
+
+
+def test_label_points_at_an_available_version_only(server, model, capsys):
+  assert server.cli(model, "label", "blue", "1") == 0
+  assert _labels(server, model) == {"blue": 1}
+  assert server.version_for(model, "blue") == 1
+  before = server.config.read_text()
+  capsys.readouterr()
+  assert server.cli(model, "label", "green", "2") == 1      # on disk, not loaded
+  assert (capsys.readouterr().err ==
+          f"error: version 2 of {model} is not AVAILABLE; label 'green' stays where it is\n")
+  assert server.config.read_text() == before
+  assert server.cli(model, "load", "2") == 0
+  assert server.cli(model, "label", "blue", "2") == 0       # a label moves
+  assert _labels(server, model) == {"blue": 2} and server.version_for(model, "blue") == 2
+
+
+def test_steps_on_a_model_the_config_lacks_fail_in_one_line(server, capsys):
+  for step in (["load", "1"], ["label", "stable", "1"], ["promote"]):
+    before = server.config.read_text()
+    capsys.readouterr()
+    assert server.cli("absent", *step) == 1, step
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "absent" in err, err
+    assert server.config.read_text() == before
+
+
 def test_canary_of_a_broken_version_changes_nothing(server, model, capsys):
   assert server.cli(model, "canary", "1") == 0
   before = server.config.read_text()
