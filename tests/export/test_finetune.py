@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import io
 import json
+import shutil
 from pathlib import Path
 
 import grpc
@@ -158,6 +159,20 @@ def test_rejects_a_classifier_and_a_one_class_folder(head_only, base, tmp_path, 
           str(base["root"] / "images"), "--repo", str(tmp_path / "models"), "--name", "x"]
   assert finetune.main(args) == 1
   assert "expected 'features'" in capsys.readouterr().err
+  assert not (tmp_path / "models").exists()
+
+
+def test_a_corrupt_image_is_a_one_line_error(base, tmp_path, capsys):
+  images = tmp_path / "images"
+  shutil.copytree(base["root"] / "images", images)
+  bad = next((images / "5").glob("*.png"))
+  bad.write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+  args = ["--features-model", str(base["features"]), "--images", str(images),
+          "--repo", str(tmp_path / "models"), "--name", "x"]
+  assert finetune.main(args) == 1
+  err = capsys.readouterr().err
+  assert f"error: {bad}: cannot decode the image" in err, err
+  assert "Traceback" not in err and err.count("error:") == 1
   assert not (tmp_path / "models").exists()
 
 
