@@ -104,7 +104,11 @@ class Traffic:
     self.results: list[tuple[str, str, str, int | None, int]] = []
     self.failures: list[str] = []
     self._stop = threading.Event()
-    self._lock = threading.Lock()
+    self._lock = threading.Condition()
+    # Requests in flight per router generation, so a switch can wait for
+    # those sent to the old arms before a step removes one.
+    self._generation = 0
+    self._in_flight: Counter = Counter()
     # No retries: a request that fails once is a failure.
     clients = [GrpcClient(server.grpc_address, retry=NO_RETRY),
                RestClient(server.rest_address, retry=NO_RETRY)]
@@ -114,24 +118,35 @@ class Traffic:
     for t in self._threads:
       t.start()
 
-  def route(self, weights: dict[str, float]) -> None:
-    """New arms; requests sent to the old ones end outside the next phase
-    (they started in "switching"), so they count for none."""
-    self.phase = "switching"
-    self.router = Router(label_arms(weights))
+  def route(self, weights: dict[str, float], timeout: float = 60.0) -> None:
+    """New arms; returns once every request sent to the old ones has ended."""
+    with self._lock:
+      self._generation += 1
+      self.phase = "switching"
+      self.router = Router(label_arms(weights))
+      done = self._lock.wait_for(
+          lambda: not any(n for g, n in self._in_flight.items() if g < self._generation),
+          timeout)
+    assert done, f"requests to the old arms still in flight after {timeout:.0f} s"
 
   def _run(self, client, worker: int) -> None:
     n = 0
     while not self._stop.is_set():
       n += 1
-      phase = self.phase
-      routed = RoutedClient(client, MODEL, self.router)
+      with self._lock:
+        generation, phase, router = self._generation, self.phase, self.router
+        self._in_flight[generation] += 1
       try:
-        prediction = routed.predict_images(self.images, key=f"{worker}-{n}")
+        prediction = RoutedClient(client, MODEL, router).predict_images(
+            self.images, key=f"{worker}-{n}")
       except ClientError as e:
         with self._lock:
           self.failures.append(f"{client.transport} {phase}: {e}")
         continue
+      finally:
+        with self._lock:
+          self._in_flight[generation] -= 1
+          self._lock.notify_all()
       logits = prediction["logits"]
       matches = [v for v, ref in self.logits_by_version.items()
                  if np.allclose(logits, ref, atol=1e-4)]
