@@ -621,6 +621,23 @@ def test_batch_larger_than_max_batch_size_is_refused(shared):
   assert "Task size 5 is larger than maximum input batch size 4" in info.value.details()
 
 
+def test_clients_adopt_the_servers_batch_limit(shared):
+  """The clients' default slice (8 rows) is over this server's max_batch_size
+  of 4: the first request is refused with TF Serving's text, the clients cut
+  the rest to 4 rows and keep that limit; answers stay in input order."""
+  from clients import NO_RETRY, GrpcClient, RestClient
+  images = np.random.default_rng(5).uniform(-1, 1, (10, S, S, 3)).astype(np.float32)
+  one_by_one = np.concatenate([tf.make_ndarray(shared.predict.Predict(
+      _request(images[i:i + 1], 2), timeout=30).outputs["logits"]) for i in range(10)])
+  for client in (GrpcClient(shared.process.grpc_address, retry=NO_RETRY),
+                 RestClient(shared.process.rest_address, retry=NO_RETRY)):
+    with client:
+      assert client.batch_size == 8
+      logits = client.predict_images("live", images, version=2, progress=False)["logits"]
+      assert client.batch_size == 4, client.url
+    np.testing.assert_allclose(logits, one_by_one, atol=1e-5)
+
+
 def test_relative_base_path_and_warmup(shared):
   line = shared.process.wait_for_log(r"Loading servable version \{name: live version: 1\}")
   assert str(shared.root / "live" / "1") in line
