@@ -61,6 +61,7 @@ def wait_until_available(rest: str, model: str, proc: subprocess.Popen, timeout:
   raise TimeoutError(f"{model} not AVAILABLE at {rest} after {timeout:.0f} s")
 
 
+@pytest.mark.timeout(1200)  # trains and exports the default model via make
 def test_make_export_serve_classifies_held_out_digits(tmp_path):
   project = fresh_copy(tmp_path / "project")
   env = dict(os.environ, VIT_DEFAULT_MODEL_CACHE=str(tmp_path / "cache"),
