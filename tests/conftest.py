@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -51,3 +52,26 @@ def reference_manifest() -> dict:
 @pytest.fixture(scope="session")
 def data_dir() -> Path:
   return DATA
+
+
+@pytest.fixture(scope="session")
+def _vit_a_token_export(tmp_path_factory, reference_manifest) -> Path:
+  """tests/data/vit_a_token.npz exported once per session as model "vit",
+  version 1 (32 px, labels class_0..9, one warmup batch size): the seconds
+  of an export are paid once for every module that serves a real export.
+  Use `vit_a_token_version`, which copies it."""
+  from export.exporter import export_checkpoint
+  return export_checkpoint(str(DATA / "vit_a_token.npz"), "vit",
+                           tmp_path_factory.mktemp("shared_export") / "models",
+                           config=reference_manifest["vit_a_token"]["config"], version=1,
+                           model_config_file=None, warmup_batch_sizes=(1,))
+
+
+@pytest.fixture(scope="session")
+def vit_a_token_version(_vit_a_token_export):
+  """`copy(target)`: the shared export's version directory copied to
+  `target` (a module may change its copy; nobody changes the original)."""
+  def copy(target: Path) -> Path:
+    shutil.copytree(_vit_a_token_export, target)
+    return target
+  return copy

@@ -1,8 +1,9 @@
 """The clients against the embedded server serving a real export.
 
-tests/data/vit_a_token.npz is exported once (version 1) and copied as
-version 2; models.config labels them `stable` and `canary`. Every result is
-checked against the SavedModel loaded in this process, and gRPC against REST.
+tests/data/vit_a_token.npz, exported once per session (tests/conftest.py),
+is version 1 and a copy of it version 2; models.config labels them `stable`
+and `canary`. Every result is checked against the SavedModel loaded in this
+process, and gRPC against REST.
 """
 
 from __future__ import annotations
@@ -29,13 +30,10 @@ SIZE = 32
 
 
 @pytest.fixture(scope="module")
-def repo(tmp_path_factory, reference_manifest, data_dir):
-  from export.exporter import export_checkpoint
+def repo(tmp_path_factory, vit_a_token_version):
   root = tmp_path_factory.mktemp("client_repo")
-  version_1 = export_checkpoint(
-      str(data_dir / "vit_a_token.npz"), "vit", root / "models",
-      config=reference_manifest["vit_a_token"]["config"], image_size=SIZE, labels=LABELS,
-      version=1, model_config_file=None, warmup_batch_sizes=(1,))
+  # Exported once per session (tests/conftest.py): 32 px, labels class_0..9.
+  version_1 = vit_a_token_version(root / "models" / "vit" / "1")
   shutil.copytree(version_1, version_1.parent / "2")
   config = root / "models.config"
   config.write_text(f"""model_config_list {{

@@ -26,12 +26,9 @@ NAME = "vit"
 
 
 @pytest.fixture(scope="module")
-def exported(tmp_path_factory, data_dir, reference_manifest):
-  from export.exporter import export_checkpoint
+def exported(tmp_path_factory, vit_a_token_version):
   repo = tmp_path_factory.mktemp("exported")
-  path = export_checkpoint(str(data_dir / "vit_a_token.npz"), NAME, repo,
-                           config=reference_manifest["vit_a_token"]["config"],
-                           model_config_file=None, warmup_batch_sizes=(1,))
+  path = vit_a_token_version(repo / NAME / "1")
   return repo / NAME, path
 
 
