@@ -1,22 +1,28 @@
 #!/usr/bin/env bash
-# Installs the command-line tools the test suite runs (tests fail, not skip,
-# without them), from Debian's archive. Idempotent: installs only what is
-# missing. Run as root (CI) or with sudo; .ci/run calls it before make test.
+# The system tools `make setup` and `make test` need beyond the Python
+# packages of requirements.lock, from Debian's packages; .ci/run calls it
+# before `make test`, and the tests that run a tool fail, not skip, without
+# it. Idempotent: installs only what is missing, so a machine that has
+# everything needs neither root nor the network.
 #
-#   promtool   Debian package prometheus: validates and unit-tests the alert
-#              rules and dashboard queries of deploy/monitoring
+#   bash checks/install_tools.sh
+#
+# One Debian package a line; add a tool here, not in .ci/run.
 set -euo pipefail
-tools=(
-  "promtool prometheus"
+packages=(
+  python3.11        # make setup builds .venv with python3.11
+  python3.11-venv   # ... and its ensurepip
+  prometheus        # promtool: checks and unit-tests deploy/monitoring's rules and queries
 )
 missing=()
-for entry in "${tools[@]}"; do
-  read -r command package <<< "$entry"
-  command -v "$command" > /dev/null || missing+=("$package")
+for package in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" ||
+    missing+=("$package")
 done
-if (( ${#missing[@]} )); then
+if ((${#missing[@]})); then
+  echo "install_tools: installing ${missing[*]}"
   sudo=""
   [[ $(id -u) -eq 0 ]] || sudo="sudo"
-  $sudo apt-get update -q
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -q --no-install-recommends "${missing[@]}"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi

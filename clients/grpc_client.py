@@ -5,8 +5,9 @@ HTTP/2 connections; making one per request costs a handshake each time).
 Message limits are raised from gRPC's 4 MiB default, which a batch of eight
 224 px float32 images (4.8 MB) already exceeds. Every call has one deadline
 that covers its retries; UNAVAILABLE is retried with backoff (RetryPolicy)
-unless it cannot heal (wrong port, TLS mismatch), anything else is raised as
-a ClientError at once. The request/response functions here are shared with
+unless it cannot heal (wrong port, a server certificate the client rejects;
+a handshake the server refuses reads "Socket closed", like a dropped
+connection, and is retried), anything else is raised as a ClientError at once. The request/response functions here are shared with
 the asyncio client (clients.aio).
 """
 

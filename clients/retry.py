@@ -5,7 +5,8 @@ UNAVAILABLE: trying again shortly is right. A malformed request, an unknown
 model or a deadline that ran out would fail the same way again (or pile more
 work on a slow server), so those are raised at once, and so is an UNAVAILABLE
 that cannot heal (`ClientError.transient` False: gRPC spoken to a REST port,
-a TLS mismatch). The caller's timeout is one deadline for the request and all
+a server certificate the client rejects; a handshake the server refuses
+reaches the client as a closed socket and is retried like one). The caller's timeout is one deadline for the request and all
 its retries: each attempt gets what is left, and no retry starts that could
 not finish in time (else `--timeout 30 --attempts 4` takes over 120 s).
 Both transports, sync and async, share the schedule; only the sleep differs.

@@ -55,8 +55,14 @@ from export.models import build_model
 
 log = logging.getLogger("export")
 
-TOLERANCE = 1e-4
-"""Max |SavedModel - JAX| allowed, relative to max(1, max |JAX output|)."""
+TOLERANCE = 2e-5
+"""Max |SavedModel - JAX| allowed, relative to max(1, max |JAX output|).
+
+Measured (float32, CPU): at most 1.2e-6 on the test checkpoints, 3.5e-7 on
+the default model, 2.8e-6 in tensorflow/serving 2.20's TensorFlow
+(make check-tfserving); a port with exact instead of tanh GELU is off by
+1.1e-4 to 1.7e-4. 2e-5 leaves 7x headroom above the first and fails the
+second by 5x (tests/export/test_exporter.py)."""
 
 
 class _Default(enum.Enum):

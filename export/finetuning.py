@@ -112,7 +112,14 @@ def load_images(files: list[Path], image_size: int) -> np.ndarray:
   from export.signatures import decode_and_resize, scale_pixels
   decode = tf.function(lambda b: scale_pixels(decode_and_resize(b, image_size)),
                        input_signature=[tf.TensorSpec([], tf.string)])
-  return np.stack([decode(tf.io.read_file(os.fspath(f))).numpy() for f in files])
+
+  def one(path: Path) -> np.ndarray:
+    try:
+      return decode(tf.io.read_file(os.fspath(path))).numpy()
+    except tf.errors.InvalidArgumentError as e:   # TensorFlow's word for "not an image"
+      raise FineTuneError(f"{path}: cannot decode the image "
+                          f"({e.message.splitlines()[0]})") from None
+  return np.stack([one(f) for f in files])
 
 
 def load_feature_extractor(directory: str | os.PathLike) -> tuple[Any, dict]:

@@ -11,6 +11,8 @@ servers.  SIGTERM/SIGINT stop it cleanly.
 from __future__ import annotations
 
 import logging
+import os
+import re
 import signal
 import sys
 import threading
@@ -24,6 +26,12 @@ def main(argv: list[str]) -> int:
                       format="%(asctime)s.%(msecs)03d: %(levelname).1s serving] %(message)s",
                       datefmt="%Y-%m-%d %H:%M:%S")
   log = logging.getLogger("serving")
+  # TF Serving logs each file-system poll at VLOG(1) in
+  # file_system_storage_path_source.cc; the same TF_CPP_VMODULE setting turns
+  # on this server's line per finished poll (repository and config file).
+  if re.search(r"(^|,)file_system_storage_path_source=[1-9]",
+               os.environ.get("TF_CPP_VMODULE", "")):
+    logging.getLogger("serving.polls").setLevel(logging.DEBUG)
   if values["version"]:
     from importlib.metadata import version
     print(f"TensorFlow ModelServer (embedded): {version('tensorflow-serving-api')}")
@@ -35,25 +43,23 @@ def main(argv: list[str]) -> int:
     log.warning("--%s is accepted for compatibility but has no effect here", name)
   from serving.server import Server, ServerOptions
   server = Server(ServerOptions.from_flags(values))
+  stop = threading.Event()
+
+  def handle_signals() -> None:
+    for sig in (signal.SIGTERM, signal.SIGINT):
+      signal.signal(sig, lambda *_: stop.set())
+
   try:
-    server.build_and_start()
+    server.build_and_start(before_ports=handle_signals)
   except Exception as e:  # noqa: BLE001  (report start-up failures the way TF Serving does)
     from serving.errors import ServingError
     text = str(e) if isinstance(e, ServingError) else f"{type(e).__name__}: {e}"
     log.error("Failed to start server. Error: %s", text)
     return 1
-  _wait_for_termination()
+  stop.wait()           # Server::WaitForTermination's role
   log.info("Shutting down")
   server.stop()
   return 0
-
-
-def _wait_for_termination() -> None:
-  """Returns at SIGTERM or SIGINT (Server::WaitForTermination's role)."""
-  stop = threading.Event()
-  for sig in (signal.SIGTERM, signal.SIGINT):
-    signal.signal(sig, lambda *_: stop.set())
-  stop.wait()
 
 
 def run() -> int:

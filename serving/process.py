@@ -39,7 +39,9 @@ class ServerProcess:
   """
 
   def __init__(self, args: Sequence[str], *, cwd: str | os.PathLike = ROOT,
-               timeout: float = 90.0):
+               timeout: float = 90.0, wait: bool = True):
+    """Starts the server; with `wait` (the default) returns once it serves,
+    else at once (then `wait_until_serving` gives the addresses)."""
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", PYTHONUNBUFFERED="1",
                PYTHONPATH=str(ROOT))
     self.args = list(args)
@@ -49,6 +51,13 @@ class ServerProcess:
     self.lines: list[str] = []
     self._changed = threading.Condition()
     threading.Thread(target=self._read, daemon=True).start()
+    self.grpc_address: str | None = None
+    self.rest_address: str | None = None
+    if wait:
+      self.wait_until_serving(timeout)
+
+  def wait_until_serving(self, timeout: float = 90.0) -> None:
+    """Waits for the lines announcing the ports and sets the addresses."""
     self.grpc_address, self.rest_address = self._wait(timeout)
 
   def _read(self) -> None:
@@ -80,7 +89,8 @@ class ServerProcess:
           raise RuntimeError(f"server exited with {self.proc.returncode}:\n{text}")
         left = deadline - time.monotonic()
         if left <= 0:
-          self.stop()
+          self.proc.kill()
+          self.proc.wait(timeout=30)
           raise RuntimeError(f"server did not start in {timeout:.0f} s:\n{text}")
         self._changed.wait(min(left, 0.5))
 
@@ -98,15 +108,21 @@ class ServerProcess:
           raise AssertionError(f"no log line matches {pattern!r}:\n{self.log}")
         self._changed.wait(min(left, 0.5))
 
-  def stop(self) -> int:
+  def stop(self, timeout: float = 30.0) -> None:
+    """SIGTERM, and a clean exit: status 0 within `timeout` seconds. A server
+    that hangs is killed and one that exits otherwise (or had exited) is an
+    error, with its log, so no caller mistakes a crash for a stop."""
     if self.proc.poll() is None:
       self.proc.terminate()
       try:
-        self.proc.wait(timeout=20)
+        self.proc.wait(timeout=timeout)
       except subprocess.TimeoutExpired:
         self.proc.kill()
-        self.proc.wait(timeout=20)
-    return self.proc.returncode
+        self.proc.wait(timeout=30)
+        raise RuntimeError(f"server did not exit within {timeout:.0f} s of SIGTERM:\n"
+                           f"{self.log}") from None
+    if self.proc.returncode != 0:
+      raise RuntimeError(f"server exited with {self.proc.returncode}:\n{self.log}")
 
 
 def _flag(args: Sequence[str], name: str, default: str) -> str:

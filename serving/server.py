@@ -20,7 +20,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import logging
-from typing import TYPE_CHECKING, Any, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 if TYPE_CHECKING:
   from serving.grpc_service import GrpcServer
@@ -96,14 +96,18 @@ class Server:
     self.rest_port: int | None = None
     self._prometheus_path: str | None = None   # --monitoring_config_file's, once read
 
-  def build_and_start(self) -> None:
+  def build_and_start(self, before_ports: Callable[[], None] = lambda: None) -> None:
     """Loads the models and opens the ports, or raises (ServingError, OSError,
-    ValueError, ...) after stopping whatever it had started."""
+    ValueError, ...) after stopping whatever it had started. `before_ports`
+    runs once the models are loaded, just before the ports open: __main__
+    installs its signal handlers there, so a SIGTERM once the ports are
+    announced is a clean stop while one during loading still ends the process."""
     try:
       grpc_credentials, rest_ssl = self._tls()
       from serving import quiet
       quiet.start_tensorflow()  # before anything imports TensorFlow
       self._build_core()
+      before_ports()
       self._start_grpc(grpc_credentials)
       self._start_rest(rest_ssl)
     except BaseException:

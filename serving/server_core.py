@@ -43,6 +43,9 @@ from serving.servable import Servable
 from serving.tensors import clip
 
 log = logging.getLogger("serving")
+# One line per finished poll, off unless asked for (see serving/__main__.py):
+# how a test knows a poll ran, where a poll that changes nothing logs nothing.
+poll_log = logging.getLogger("serving.polls")
 
 START, LOADING, AVAILABLE, UNLOADING, END = "START", "LOADING", "AVAILABLE", "UNLOADING", "END"
 
@@ -231,6 +234,7 @@ class ServerCore:
 
   def _spawn(self, name: str, interval_s: float, step: Callable[[], None]) -> None:
     def loop() -> None:
+      passes = 0
       while not self._stop.wait(interval_s):
         try:
           step()
@@ -238,6 +242,8 @@ class ServerCore:
           log.error("%s: %s", name, e)
         except Exception:  # noqa: BLE001  (a poll must never kill the server)
           log.exception("%s failed", name)
+        passes += 1
+        poll_log.debug("%s pass %d done", name, passes)
     t = threading.Thread(target=loop, name=name, daemon=True)
     t.start()
     self._threads.append(t)

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.serving.helpers import free_port
+from tests.support.tiny_models import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -78,6 +78,7 @@ def test_readme_quickstart_blocks():
   assert all(c.startswith("python -m ") for c in client_block[1:])
 
 
+@pytest.mark.timeout(1200)  # trains and exports the default model via make
 def test_readme_quickstart_runs_as_written(tmp_path):
   make_block, client_block = code_blocks(readme_section("Quickstart"), "sh")
   project = fresh_copy(tmp_path / "project")

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from clients import ClientError, GrpcClient, RestClient, RetryPolicy, protos
-from tests.serving.helpers import free_port
+from tests.support.tiny_models import free_port
 from tests.support.fake_http import FakeHttpServer
 
 FAST = RetryPolicy(attempts=3, initial_backoff=0.01, max_backoff=0.02, jitter=0.0)

@@ -1,8 +1,9 @@
 """The clients against the embedded server serving a real export.
 
-tests/data/vit_a_token.npz is exported once (version 1) and copied as
-version 2; models.config labels them `stable` and `canary`. Every result is
-checked against the SavedModel loaded in this process, and gRPC against REST.
+tests/data/vit_a_token.npz, exported once per session (tests/conftest.py),
+is version 1 and a copy of it version 2; models.config labels them `stable`
+and `canary`. Every result is checked against the SavedModel loaded in this
+process, and gRPC against REST.
 """
 
 from __future__ import annotations
@@ -20,23 +21,19 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from clients import (ClientError, GrpcClient, RestClient, RetryPolicy, RoutedClient, Router,
+from clients import (NO_RETRY, ClientError, GrpcClient, RestClient, RoutedClient, Router,
                      label_arms, preprocessing)
-from tests.serving.helpers import ROOT, ServerProcess, free_port
+from tests.support.tiny_models import ROOT, ServerProcess, free_port
 
 LABELS = [f"class_{i}" for i in range(10)]
 SIZE = 32
-FAST = RetryPolicy(attempts=2, initial_backoff=0.01, jitter=0.0)
 
 
 @pytest.fixture(scope="module")
-def repo(tmp_path_factory, reference_manifest, data_dir):
-  from export.exporter import export_checkpoint
+def repo(tmp_path_factory, vit_a_token_version):
   root = tmp_path_factory.mktemp("client_repo")
-  version_1 = export_checkpoint(
-      str(data_dir / "vit_a_token.npz"), "vit", root / "models",
-      config=reference_manifest["vit_a_token"]["config"], image_size=SIZE, labels=LABELS,
-      version=1, model_config_file=None, warmup_batch_sizes=(1,))
+  # Exported once per session (tests/conftest.py): 32 px, labels class_0..9.
+  version_1 = vit_a_token_version(root / "models" / "vit" / "1")
   shutil.copytree(version_1, version_1.parent / "2")
   config = root / "models.config"
   config.write_text(f"""model_config_list {{
@@ -65,13 +62,13 @@ def server(repo):
 
 @pytest.fixture(scope="module")
 def grpc_client(server):
-  with GrpcClient(server.grpc_address, timeout=60, retry=FAST) as client:
+  with GrpcClient(server.grpc_address, timeout=60, retry=NO_RETRY) as client:
     yield client
 
 
 @pytest.fixture(scope="module")
 def rest_client(server):
-  with RestClient(server.rest_address, timeout=60, retry=FAST) as client:
+  with RestClient(server.rest_address, timeout=60, retry=NO_RETRY) as client:
     yield client
 
 
@@ -296,8 +293,8 @@ def test_async_clients_give_the_sync_results(server, grpc_client, encoded):
   expected = grpc_client.predict_encoded("vit", encoded, label="stable")
 
   async def run():
-    async with AsyncGrpcClient(server.grpc_address, retry=FAST) as g, \
-        AsyncRestClient(server.rest_address, retry=FAST) as r:
+    async with AsyncGrpcClient(server.grpc_address, retry=NO_RETRY) as g, \
+        AsyncRestClient(server.rest_address, retry=NO_RETRY) as r:
       calls = [client.predict_encoded("vit", [image], label="stable")
                for client in (g, r) for image in encoded]
       results = await asyncio.gather(*calls)
@@ -374,8 +371,8 @@ def test_cli_perf_sweeps_concurrency_with_json_and_plot(server, encoded, tmp_pat
 
 def test_compressed_requests_get_the_same_answers(server, grpc_client, encoded):
   expected = grpc_client.predict_encoded("vit", encoded, version=1)
-  with GrpcClient(server.grpc_address, compression=True, retry=FAST) as g, \
-      RestClient(server.rest_address, compression=True, retry=FAST) as r:
+  with GrpcClient(server.grpc_address, compression=True, retry=NO_RETRY) as g, \
+      RestClient(server.rest_address, compression=True, retry=NO_RETRY) as r:
     for client in (g, r):
       result = client.predict_encoded("vit", encoded, version=1)
       np.testing.assert_allclose(result["logits"], expected["logits"], atol=1e-5)

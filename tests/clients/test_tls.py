@@ -12,11 +12,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from clients import ClientError, GrpcClient, RestClient, RetryPolicy, Tls
-from tests.clients.pki import write_pki
-from tests.serving.helpers import ROOT, ServerProcess, free_port, write_tf2_model
+from clients import NO_RETRY, ClientError, GrpcClient, RestClient, RetryPolicy, Tls
+from tests.support.pki import write_pki
+from tests.support.tiny_models import ROOT, ServerProcess, free_port, write_tf2_model
 
-FAST = RetryPolicy(attempts=2, initial_backoff=0.01, jitter=0.0)
+# Retries allowed, so a failure that is retried shows in ClientError.attempts.
+RETRYING = RetryPolicy(attempts=4, initial_backoff=0.01, jitter=0.0)
 
 
 @pytest.fixture(scope="module")
@@ -49,8 +50,8 @@ def image(tmp_path_factory):
 
 def test_mutual_tls_on_both_transports(server, pki, image):
   mutual = Tls(pki.ca, pki.client_cert, pki.client_key)
-  with GrpcClient(server.grpc_address, tls=mutual, retry=FAST) as g, \
-      RestClient(f"https://{server.rest_address}", tls=mutual, retry=FAST) as r:
+  with GrpcClient(server.grpc_address, tls=mutual, retry=NO_RETRY) as g, \
+      RestClient(f"https://{server.rest_address}", tls=mutual, retry=NO_RETRY) as r:
     via_grpc = g.predict_encoded("tiny", [image])
     via_rest = r.predict_encoded("tiny", [image], version=1)
     assert g.is_server_live() and r.is_model_ready("tiny", version=1)
@@ -58,14 +59,35 @@ def test_mutual_tls_on_both_transports(server, pki, image):
   np.testing.assert_allclose(via_rest["logits"], via_grpc["logits"], atol=1e-6)
 
 
-def test_without_the_right_credentials_the_call_fails_at_once(server, pki):
-  no_client_cert = Tls(pki.ca)
-  for client in (GrpcClient(server.grpc_address, tls=no_client_cert, retry=FAST, timeout=10),
-                 RestClient(f"https://{server.rest_address}", retry=FAST, timeout=10),
-                 RestClient(server.rest_address, retry=FAST, timeout=10)):  # plain http
+def test_a_certificate_the_client_rejects_fails_at_once(server, pki, tmp_path):
+  """No retry on a TLS mismatch the client sees (the server's certificate is
+  not signed by --ca-cert): for gRPC this is decided from grpc's error text
+  ("Tls handshake failed", clients/grpc_client.py), checked here against the
+  server's real handshake."""
+  other_ca = Tls(write_pki(tmp_path / "other").ca, pki.client_cert, pki.client_key)
+  for client in (GrpcClient(server.grpc_address, tls=other_ca, retry=RETRYING, timeout=10),
+                 RestClient(f"https://{server.rest_address}", tls=other_ca, retry=RETRYING,
+                            timeout=10),
+                 RestClient(f"https://{server.rest_address}", retry=RETRYING, timeout=10)):
     with client, pytest.raises(ClientError) as error:
       client.status("tiny")
     assert error.value.code == "UNAVAILABLE", client.url
+    assert error.value.attempts == 1 and not error.value.transient, repr(error.value)
+    assert "a TLS mismatch" in str(error.value)
+
+
+def test_a_connection_the_server_refuses_is_retried_like_a_dropped_one(server, pki):
+  """What the server rejects (no client certificate under client_verify,
+  plaintext on its TLS ports) reaches the client only as a closed socket
+  ("Socket closed" in grpc's text, RemoteDisconnected over http), which a
+  restarting server gives too: retried until the attempts run out."""
+  for client in (GrpcClient(server.grpc_address, tls=Tls(pki.ca), retry=RETRYING, timeout=10),
+                 GrpcClient(server.grpc_address, retry=RETRYING, timeout=10),
+                 RestClient(server.rest_address, retry=RETRYING, timeout=10)):
+    with client, pytest.raises(ClientError) as error:
+      client.status("tiny")
+    assert error.value.code == "UNAVAILABLE", client.url
+    assert error.value.attempts == RETRYING.attempts and error.value.transient, repr(error.value)
 
 
 @pytest.mark.parametrize("rest", [False, True])

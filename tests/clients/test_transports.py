@@ -22,9 +22,9 @@ import pytest
 
 from clients import ClientError, GrpcClient, RestClient, RetryPolicy, Tls, connection, protos
 from clients.aio import AsyncGrpcClient, AsyncRestClient
-from tests.clients.pki import write_pki
+from tests.support.pki import write_pki
 from tests.support.fake_http import FakeHttpServer
-from tests.serving.helpers import ROOT, free_port
+from tests.support.tiny_models import ROOT, free_port
 
 NO_WAIT = RetryPolicy(attempts=1)
 IMAGES = np.zeros((1, 4, 4, 3), np.float32)

@@ -9,12 +9,15 @@ shared; failure tests work on copies.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import json
+import re
 import shutil
 from pathlib import Path
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -385,6 +388,26 @@ def test_verification_failure_publishes_nothing(populated, data_dir, reference_m
   with pytest.raises(exporter.ExportError, match="verification failed"):
     _export_m(populated, data_dir, reference_manifest, name="new")
   assert snapshot(populated) == before
+
+
+def test_exact_gelu_in_the_saved_model_fails_verification(populated, data_dir,
+                                                         reference_manifest, monkeypatch):
+  """A porting bug the tolerance must catch: the SavedModel built with erf
+  GELU while the checkpoint's model (and the JAX reference) uses tanh GELU;
+  the error (~1.5e-4 relative here) is small but above the tolerance."""
+  before = snapshot(populated)
+  real_save = exporter._save
+
+  def save_with_exact_gelu(tmp, job):
+    with monkeypatch.context() as m:
+      m.setattr(nn, "gelu", functools.partial(jax.nn.gelu, approximate=False))
+      real_save(tmp, job)
+  monkeypatch.setattr(exporter, "_save", save_with_exact_gelu)
+  with pytest.raises(exporter.ExportError, match="verification failed") as info:
+    _export_m(populated, data_dir, reference_manifest, name="new")
+  assert snapshot(populated) == before
+  diff, tolerance = (float(v) for v in re.search(r"= (\S+) > (\S+) ", str(info.value)).groups())
+  assert diff > 2 * tolerance
 
 
 @pytest.mark.parametrize("error", [RuntimeError("disk full"), KeyboardInterrupt()])

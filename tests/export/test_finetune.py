@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import io
 import json
+import shutil
 from pathlib import Path
 
 import grpc
@@ -19,7 +20,7 @@ from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 from export import digits, finetune, finetuning, repository
 from export.checkpoint import read_npz, save_checkpoint
 from export.exporter import export_checkpoint
-from tests.serving import helpers
+from tests.support import tiny_models
 
 SEEN, NEW = [0, 1, 2, 3, 4], [5, 6, 7, 8, 9]
 NAME = "digits_5to9"
@@ -105,7 +106,7 @@ def _png(pixels: np.ndarray) -> bytes:
 
 def test_served_by_the_embedded_server_over_grpc(head_only, base):
   root, test = base["root"], base["test"]
-  server = helpers.ServerProcess([f"--port={helpers.free_port()}",
+  server = tiny_models.ServerProcess([f"--port={tiny_models.free_port()}",
                                   "--model_config_file=models.config",
                                   "--xla_cpu_compilation_enabled=true"], cwd=root)
   try:
@@ -158,6 +159,20 @@ def test_rejects_a_classifier_and_a_one_class_folder(head_only, base, tmp_path, 
           str(base["root"] / "images"), "--repo", str(tmp_path / "models"), "--name", "x"]
   assert finetune.main(args) == 1
   assert "expected 'features'" in capsys.readouterr().err
+  assert not (tmp_path / "models").exists()
+
+
+def test_a_corrupt_image_is_a_one_line_error(base, tmp_path, capsys):
+  images = tmp_path / "images"
+  shutil.copytree(base["root"] / "images", images)
+  bad = next((images / "5").glob("*.png"))
+  bad.write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+  args = ["--features-model", str(base["features"]), "--images", str(images),
+          "--repo", str(tmp_path / "models"), "--name", "x"]
+  assert finetune.main(args) == 1
+  err = capsys.readouterr().err
+  assert f"error: {bad}: cannot decode the image" in err, err
+  assert "Traceback" not in err and err.count("error:") == 1
   assert not (tmp_path / "models").exists()
 
 

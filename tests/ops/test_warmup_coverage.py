@@ -15,7 +15,7 @@ import yaml
 
 from clients import warmup
 from ops.tune import search
-from tests.serving import helpers
+from tests.support import tiny_models
 from tests.support.paths import ROOT
 
 CONFIG = ROOT / "serving" / "config"
@@ -32,7 +32,7 @@ def _write_warmup(path: Path, requests: list[tuple[str, int]]) -> None:
       request = predict_pb2.PredictRequest()
       request.model_spec.signature_name = signature
       request.inputs["images"].CopyFrom(tf.make_tensor_proto(
-          np.zeros((batch, helpers.IMAGE_SIZE, helpers.IMAGE_SIZE, 3), np.float32)))
+          np.zeros((batch, tiny_models.IMAGE_SIZE, tiny_models.IMAGE_SIZE, 3), np.float32)))
       writer.write(prediction_log_pb2.PredictionLog(
           predict_log=prediction_log_pb2.PredictLog(request=request)).SerializeToString())
 
@@ -90,13 +90,13 @@ def test_gpu_compose_file_and_overlay_use_the_gpu_batching_file():
 
 
 def test_embedded_server_warns_about_cold_batch_sizes(tmp_path):
-  helpers.write_tf2_model(tmp_path / "cold" / "1")
+  tiny_models.write_tf2_model(tmp_path / "cold" / "1")
   _write_warmup(tmp_path / "cold" / "1", [("serving_default", 1)])
-  helpers.write_tf2_model(tmp_path / "warm" / "1")
+  tiny_models.write_tf2_model(tmp_path / "warm" / "1")
   _write_warmup(tmp_path / "warm" / "1", [("serving_default", 1), ("serving_default", 2),
                                           ("serving_default", 4)])
   # export.rewarm publishes a copy of "cold" version 1 that warms 1, 2 and 4
-  helpers.write_tf2_model(tmp_path / "rewarmed" / "1")
+  tiny_models.write_tf2_model(tmp_path / "rewarmed" / "1")
   _write_warmup(tmp_path / "rewarmed" / "1", [("serving_default", 1)])
   done = subprocess.run([sys.executable, "-m", "export.rewarm", str(tmp_path / "rewarmed" / "1"),
                          "--batch-sizes", "1,2,4"], cwd=ROOT, capture_output=True, text=True)
@@ -110,8 +110,8 @@ def test_embedded_server_warns_about_cold_batch_sizes(tmp_path):
       f'  config {{ name: "{n}" base_path: "{tmp_path / n}" model_platform: "tensorflow" }}\n'
       for n in ("cold", "warm", "rewarmed")) + "}\n")
   (tmp_path / "batching.config").write_text(search.make(4, 0, 1, 4).text_proto())
-  server = helpers.ServerProcess([
-      f"--port={helpers.free_port()}", f"--model_config_file={tmp_path / 'models.config'}",
+  server = tiny_models.ServerProcess([
+      f"--port={tiny_models.free_port()}", f"--model_config_file={tmp_path / 'models.config'}",
       "--enable_batching=true", f"--batching_parameters_file={tmp_path / 'batching.config'}"])
   try:
     line = server.wait_for_log(r"W serving\].*model cold")   # a WARNING line

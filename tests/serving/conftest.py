@@ -4,7 +4,7 @@ the REST base URL.
 
 Set TF_SERVING_GRPC=host:port and TF_SERVING_REST=host:port to run the API
 tests against a real tensorflow_model_server serving the repository written
-by `python -m tests.serving.helpers DIR /models` instead (tests that need to
+by `python -m tests.support.tiny_models DIR /models` instead (tests that need to
 change the server's files or flags are skipped then).
 """
 
@@ -16,23 +16,23 @@ from typing import Iterator
 import grpc
 import pytest
 
-from tests.serving import helpers
+from tests.support import tiny_models
 from tests.support.remote import REMOTE_GRPC, REMOTE_REST
 
 
 @pytest.fixture(scope="session")
 def repository(tmp_path_factory) -> Path:
-  return helpers.write_repository(tmp_path_factory.mktemp("repo"))
+  return tiny_models.write_repository(tmp_path_factory.mktemp("repo"))
 
 
 @pytest.fixture(scope="module")
-def server(repository: Path) -> Iterator[helpers.ServerProcess | None]:
+def server(repository: Path) -> Iterator[tiny_models.ServerProcess | None]:
   """The embedded server on free ports (None when a real one is given)."""
   if REMOTE_GRPC or REMOTE_REST:
     yield None
     return
-  proc = helpers.ServerProcess([
-      f"--port={helpers.free_port()}", f"--rest_api_port={helpers.free_port()}",
+  proc = tiny_models.ServerProcess([
+      f"--port={tiny_models.free_port()}", f"--rest_api_port={tiny_models.free_port()}",
       f"--model_config_file={repository / 'models.config'}",
       # Its labels name versions that load at start-up; tensorflow_model_server
       # needs this flag for that too (server_core.cc).

@@ -26,7 +26,7 @@ import export
 from clients import (NO_RETRY, ClientError, GrpcClient, RestClient, RoutedClient, Router,
                      label_arms, model_config, prometheus)
 from serving.rollout import Rollout, RolloutError, compare
-from tests.serving.helpers import ServerProcess, free_port
+from tests.support.tiny_models import ServerProcess, free_port
 
 MODEL = "ab"
 DATA = Path(__file__).parents[1] / "data"
@@ -105,7 +105,11 @@ class Traffic:
     self.results: list[tuple[str, str, str, int | None, int]] = []
     self.failures: list[str] = []
     self._stop = threading.Event()
-    self._lock = threading.Lock()
+    self._lock = threading.Condition()
+    # Requests in flight per router generation, so a switch can wait for
+    # those sent to the old arms before a step removes one.
+    self._generation = 0
+    self._in_flight: Counter = Counter()
     # No retries: a request that fails once is a failure.
     clients = [GrpcClient(server.grpc_address, retry=NO_RETRY),
                RestClient(server.rest_address, retry=NO_RETRY)]
@@ -115,23 +119,35 @@ class Traffic:
     for t in self._threads:
       t.start()
 
-  def route(self, weights: dict[str, float]) -> None:
-    self.phase = "switching"
-    self.router = Router(label_arms(weights))
-    time.sleep(0.5)  # let requests already sent to the old arms finish
+  def route(self, weights: dict[str, float], timeout: float = 60.0) -> None:
+    """New arms; returns once every request sent to the old ones has ended."""
+    with self._lock:
+      self._generation += 1
+      self.phase = "switching"
+      self.router = Router(label_arms(weights))
+      done = self._lock.wait_for(
+          lambda: not any(n for g, n in self._in_flight.items() if g < self._generation),
+          timeout)
+    assert done, f"requests to the old arms still in flight after {timeout:.0f} s"
 
   def _run(self, client, worker: int) -> None:
     n = 0
     while not self._stop.is_set():
       n += 1
-      phase = self.phase
-      routed = RoutedClient(client, MODEL, self.router)
+      with self._lock:
+        generation, phase, router = self._generation, self.phase, self.router
+        self._in_flight[generation] += 1
       try:
-        prediction = routed.predict_images(self.images, key=f"{worker}-{n}")
+        prediction = RoutedClient(client, MODEL, router).predict_images(
+            self.images, key=f"{worker}-{n}")
       except ClientError as e:
         with self._lock:
           self.failures.append(f"{client.transport} {phase}: {e}")
         continue
+      finally:
+        with self._lock:
+          self._in_flight[generation] -= 1
+          self._lock.notify_all()
       logits = prediction["logits"]
       matches = [v for v, ref in self.logits_by_version.items()
                  if np.allclose(logits, ref, atol=1e-4)]
@@ -156,13 +172,18 @@ class Traffic:
       return Counter(v for tr, start, end, _, v in self.results
                      if start == end == phase and transport in (None, tr))
 
-  def set_phase(self, phase: str, seconds: float) -> None:
-    """Starts `phase` and lets traffic run in it; requests that start or end
-    outside it (while a step is applied) are not counted for it."""
+  def set_phase(self, phase: str, results: int = 10, timeout: float = 120.0) -> None:
+    """Starts `phase` and lets traffic run in it until each transport has
+    `results` requests that started and ended in it (those that start or
+    end outside it, while a step is applied, do not count), or fails after
+    `timeout` seconds."""
     self.phase = phase
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:  # enough traffic in this phase
-      time.sleep(0.1)
+    deadline = time.monotonic() + timeout
+    while min(sum(self.versions(phase, t).values()) for t in ("grpc", "rest")) < results:
+      assert time.monotonic() < deadline, (
+          f"fewer than {results} results per transport in {phase!r} in {timeout:.0f} s; "
+          f"failures: {self.failures[:3]}")
+      time.sleep(0.05)
 
 
 def test_canary_promote_rollback_retire_under_load(setup):
@@ -176,20 +197,20 @@ def test_canary_promote_rollback_retire_under_load(setup):
   logits = {1: expected_logits(root, 1, images)}
   traffic = Traffic(server, images, logits)
   try:
-    traffic.set_phase("v1 stable", 2)
+    traffic.set_phase("v1 stable")
     # A new version is exported while traffic flows; the pinned policy keeps
     # the server from switching to it by itself.
     traffic.phase = "exporting"
     export.export_checkpoint(str(ckpts[2]), MODEL, root / "models", config=str(cfg_json),
                              model_config_file=config_file)
     logits[2] = expected_logits(root, 2, images)
-    traffic.set_phase("v2 exported", 2)
+    traffic.set_phase("v2 exported")
 
     traffic.phase = "switching"
     rollout.canary(2)
     assert rollout.labels() == {"stable": 1, "canary": 2}
     traffic.route({"stable": 0.5, "canary": 0.5})
-    traffic.set_phase("canary", 4)
+    traffic.set_phase("canary", results=30)  # the split below
     # The operator's view before promoting: both arms with traffic, no errors.
     arms = compare(prometheus.scrape(server.rest_address, METRICS), MODEL)
     assert arms["1"]["requests"] > 0 and arms["2"]["requests"] > 0, arms
@@ -199,19 +220,19 @@ def test_canary_promote_rollback_retire_under_load(setup):
     traffic.route({"stable": 1.0})
     rollout.promote()
     assert rollout.labels() == {"stable": 2, "previous": 1}
-    traffic.set_phase("promoted", 2)
+    traffic.set_phase("promoted")
 
     traffic.phase = "switching"
     rollout.rollback()
     assert rollout.labels() == {"stable": 1}
-    traffic.set_phase("rolled back", 2)
+    traffic.set_phase("rolled back")
 
     traffic.phase = "switching"
     rollout.canary(2)
     rollout.promote()
     rollout.retire(1)
     assert rollout.available() == [2]
-    traffic.set_phase("retired", 2)
+    traffic.set_phase("retired")
   finally:
     traffic.stop()
     rollout.close()
@@ -251,10 +272,10 @@ def test_broken_version_is_never_labelled_or_served(setup):
   images = np.zeros((1, 32, 32, 3), np.float32)
   traffic = Traffic(server, images, {1: expected_logits(root, 1, images)})
   try:
-    traffic.set_phase("before", 1)
+    traffic.set_phase("before", results=5)
     with pytest.raises(RolloutError, match="failed to load"):
       rollout.canary(2)
-    traffic.set_phase("after", 2)
+    traffic.set_phase("after", results=5)
     assert rollout.labels() == before_labels
     assert 2 not in rollout.available()
   finally:

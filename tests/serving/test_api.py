@@ -24,11 +24,11 @@ from tensorflow_serving.apis import (classification_pb2, get_model_metadata_pb2,
                                      get_model_status_pb2, inference_pb2, predict_pb2,
                                      regression_pb2)
 
-from tests.serving import helpers
+from tests.support import tiny_models
 from tests.support.remote import needs_embedded
 
-TINY, TF1 = helpers.TF2_MODEL, helpers.TF1_MODEL
-S = helpers.IMAGE_SIZE
+TINY, TF1 = tiny_models.TF2_MODEL, tiny_models.TF1_MODEL
+S = tiny_models.IMAGE_SIZE
 OUTPUTS = ("logits", "probabilities", "top_k_scores", "top_k_classes", "top_k_labels")
 
 
@@ -185,7 +185,7 @@ def test_versions_and_labels_route_to_their_version(stub, rest_url, reference):
 def test_single_output_rows_are_plain_values(rest_url):
   status, doc = _http(f"{rest_url}/v1/models/{TF1}:predict", {"instances": [[1.0, 2.0]]})
   assert status == 200, doc
-  w = helpers.TF1_WEIGHTS
+  w = tiny_models.TF1_WEIGHTS
   np.testing.assert_allclose(doc["predictions"], [[1.0, 2.0]] @ w, rtol=1e-6)
   status, doc = _http(f"{rest_url}/v1/models/{TF1}:predict", {"inputs": [[1.0, 2.0], [0, 1]]})
   assert status == 200, doc
@@ -199,12 +199,12 @@ def _examples(*rows: list[float]) -> classification_pb2.ClassificationRequest:
   request.model_spec.name = TF1
   request.model_spec.signature_name = "classify"
   for row in rows:
-    request.input.example_list.examples.add().ParseFromString(helpers.example_bytes(row))
+    request.input.example_list.examples.add().ParseFromString(tiny_models.example_bytes(row))
   return request
 
 
 def _tf1_reference(reference, signature: str, rows: list[list[float]]) -> dict[str, np.ndarray]:
-  serialized = tf.constant([helpers.example_bytes(r) for r in rows])
+  serialized = tf.constant([tiny_models.example_bytes(r) for r in rows])
   return {k: v.numpy() for k, v in reference(TF1, 1, signature)(inputs=serialized).items()}
 
 
@@ -433,7 +433,7 @@ def test_health_service_is_off_by_default(channel):
 @needs_embedded     # its own server, with the flag
 def test_health_service_with_the_flag(repository):
   from grpc_health.v1 import health_pb2, health_pb2_grpc
-  server = helpers.ServerProcess([f"--port={helpers.free_port()}",
+  server = tiny_models.ServerProcess([f"--port={tiny_models.free_port()}",
                                   f"--model_config_file={repository / 'models.config'}",
                                   "--allow_version_labels_for_unavailable_models",
                                   "--enable_grpc_healthcheck_service=true"])

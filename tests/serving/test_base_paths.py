@@ -19,8 +19,8 @@ from pathlib import Path
 import pytest
 
 from serving import config
-from tests.serving import deploy_support as ds
-from tests.serving import helpers
+from tests.support import deploy as ds
+from tests.support import tiny_models
 from tests.support.remote import needs_embedded
 
 RELATIVE = 'model_config_list { config { name: "tiny" base_path: "models/tiny" ' \
@@ -30,13 +30,13 @@ RELATIVE = 'model_config_list { config { name: "tiny" base_path: "models/tiny" '
 @pytest.fixture(scope="module")
 def project(tmp_path_factory) -> Path:
   root = tmp_path_factory.mktemp("project")
-  helpers.write_tf2_model(root / "models" / "tiny" / "1")
+  tiny_models.write_tf2_model(root / "models" / "tiny" / "1")
   (root / "models.config").write_text(RELATIVE)
   (root / "elsewhere").mkdir()
   return root
 
 
-def _available(server: helpers.ServerProcess) -> bool:
+def _available(server: tiny_models.ServerProcess) -> bool:
   with urllib.request.urlopen(f"http://{server.rest_address}/v1/models/tiny", timeout=30) as r:
     return b'"AVAILABLE"' in r.read()
 
@@ -49,8 +49,8 @@ def _available(server: helpers.ServerProcess) -> bool:
 ])
 def test_the_embedded_server_resolves_against_the_config_file(project, cwd, flag):
   flag = str(project / "models.config") if flag == "ABSOLUTE" else flag
-  server = helpers.ServerProcess([f"--port={helpers.free_port()}",
-                                  f"--rest_api_port={helpers.free_port()}",
+  server = tiny_models.ServerProcess([f"--port={tiny_models.free_port()}",
+                                  f"--rest_api_port={tiny_models.free_port()}",
                                   f"--model_config_file={flag}"], cwd=project / cwd)
   try:
     assert _available(server)

@@ -42,6 +42,12 @@ class _FakeServable:
     return {name: feeds["x"] * 2 for name in fetches}
 
 
+def _bounded(coroutine, timeout: float = 30.0):
+  """asyncio.run with a limit: a batcher that never answers fails the test
+  with a TimeoutError instead of hanging the run."""
+  return asyncio.run(asyncio.wait_for(coroutine, timeout))
+
+
 def _rows(n: int, width: int = 2) -> list[np.ndarray]:
   return [np.full((1, width), i, np.float32) for i in range(n)]
 
@@ -65,7 +71,7 @@ def test_merges_and_pads_what_is_queued():
                                     num_batch_threads=1, allowed_batch_sizes=(4, 8)), metrics)
   servable = _FakeServable(threading.Event())
   rows = _rows(3)
-  _, results = asyncio.run(_behind_busy_worker(batcher, servable, [{"x": r} for r in rows]))
+  _, results = _bounded(_behind_busy_worker(batcher, servable, [{"x": r} for r in rows]))
   for row, result in zip(rows, results):
     np.testing.assert_array_equal(result["y"], row * 2)      # padding removed
   assert servable.calls == [4, 4]        # 1 padded to 4, then the 3 queued padded to 4
@@ -88,7 +94,7 @@ def test_pads_string_inputs():
     return await asyncio.gather(*(batcher.submit(servable, {"x": r}, ["y"])
                                   for r in [first, *rows]))
 
-  results = asyncio.run(main())
+  results = _bounded(main())
   assert sum(servable.calls) % 4 == 0 and all(c == 4 for c in servable.calls)
   assert [r["y"].tolist() for r in results[1:]] == [[b"aa"], [b"aaaa"], [b"aaaaaa"]]
   batcher.stop()
@@ -118,7 +124,7 @@ def test_keeps_fetches_apart_and_enforces_limits():
     servable.gate.set()
     return await asyncio.gather(busy, queued, other)
 
-  results = asyncio.run(main())
+  results = _bounded(main())
   assert servable.calls == [2, 2, 2] and list(results[2]) == ["z"]
   batcher.stop()
 
@@ -129,11 +135,11 @@ def test_splits_large_requests_with_large_batch_splitting():
   batcher = Batcher(options)
   servable = _FakeServable()
   x = np.arange(16, dtype=np.float32).reshape(8, 2)
-  result = asyncio.run(batcher.submit(servable, {"x": x}, ["y"]))
+  result = _bounded(batcher.submit(servable, {"x": x}, ["y"]))
   np.testing.assert_array_equal(result["y"], x * 2)
   assert sorted(servable.calls) == [2, 3, 3]
   with pytest.raises(ServingError, match="larger than maximum input batch size 8"):
-    asyncio.run(batcher.submit(servable, {"x": np.zeros((9, 2), np.float32)}, ["y"]))
+    _bounded(batcher.submit(servable, {"x": np.zeros((9, 2), np.float32)}, ["y"]))
   batcher.stop()
 
 
@@ -146,7 +152,7 @@ def test_runs_full_batches_at_once_on_every_thread():
   async def main():
     return await asyncio.gather(*(batcher.submit(servable, {"x": r}, ["y"]) for r in rows))
 
-  for row, result in zip(rows, asyncio.run(main())):
+  for row, result in zip(rows, _bounded(main())):
     np.testing.assert_array_equal(result["y"], row * 2)
   assert servable.calls == [2, 2, 2]
   batcher.stop()
@@ -170,5 +176,5 @@ def test_deadline_frees_its_place_and_stop_fails_the_rest():
       await asyncio.wait_for(waiting, 10)
     assert info.value.code_name == "UNAVAILABLE"
 
-  asyncio.run(main())
+  _bounded(main())
   assert servable.calls == []          # neither the abandoned task nor the stranded one ran

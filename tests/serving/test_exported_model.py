@@ -17,7 +17,7 @@ from PIL import Image
 from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
 from clients import contract
-from tests.serving import helpers
+from tests.support import tiny_models
 from tests.support.logs import FOREIGN
 from tests.support.remote import needs_embedded
 
@@ -26,20 +26,17 @@ NAME = "vit"
 
 
 @pytest.fixture(scope="module")
-def exported(tmp_path_factory, data_dir, reference_manifest):
-  from export.exporter import export_checkpoint
+def exported(tmp_path_factory, vit_a_token_version):
   repo = tmp_path_factory.mktemp("exported")
-  path = export_checkpoint(str(data_dir / "vit_a_token.npz"), NAME, repo,
-                           config=reference_manifest["vit_a_token"]["config"],
-                           model_config_file=None, warmup_batch_sizes=(1,))
+  path = vit_a_token_version(repo / NAME / "1")
   return repo / NAME, path
 
 
 @pytest.fixture(scope="module")
 def served(exported):
   base, _ = exported
-  server = helpers.ServerProcess([f"--port={helpers.free_port()}",
-                                  f"--rest_api_port={helpers.free_port()}",
+  server = tiny_models.ServerProcess([f"--port={tiny_models.free_port()}",
+                                  f"--rest_api_port={tiny_models.free_port()}",
                                   f"--model_name={NAME}", f"--model_base_path={base}",
                                   "--xla_cpu_compilation_enabled=true"])
   yield server

@@ -12,7 +12,7 @@ from google.protobuf import text_format
 
 from serving import config, flags
 from serving.errors import ServingError
-from tests.serving import helpers
+from tests.support import tiny_models
 
 
 def test_flag_syntaxes_and_defaults():
@@ -97,7 +97,7 @@ def test_model_config_errors(tmp_path):
 def _run_server(args: list[str], cwd) -> subprocess.CompletedProcess:
   return subprocess.run([sys.executable, "-m", "serving", *args], cwd=cwd, capture_output=True,
                         text=True, timeout=120,
-                        env={"PYTHONPATH": str(helpers.ROOT), "TF_CPP_MIN_LOG_LEVEL": "2",
+                        env={"PYTHONPATH": str(tiny_models.ROOT), "TF_CPP_MIN_LOG_LEVEL": "2",
                              "PATH": "/usr/bin:/bin"})
 
 
@@ -117,7 +117,7 @@ def test_start_up_fails_on_unparsable_config_and_bad_flag_values(tmp_path):
 
 def test_help_lists_every_flag_with_what_it_does_here():
   result = subprocess.run([sys.executable, "-m", "serving", "--help"], capture_output=True,
-                          text=True, timeout=60, cwd=helpers.ROOT)
+                          text=True, timeout=60, cwd=tiny_models.ROOT)
   assert result.returncode == 0
   lines = {line.split("=")[0].strip(): line for line in result.stdout.splitlines()
            if line.startswith("  --")}

@@ -13,17 +13,17 @@ import tensorflow as tf
 from tensorflow_serving.apis import (classification_pb2, get_model_status_pb2, predict_pb2,
                                      regression_pb2)
 
-from tests.serving import helpers
+from tests.support import tiny_models
 from tests.support.remote import needs_embedded
 
-S = helpers.IMAGE_SIZE
+S = tiny_models.IMAGE_SIZE
 PREDICT = "/tensorflow.serving.PredictionService/Predict"
 MEGABYTE_NAME = "s" * (1 << 20)
 
 
 def _good() -> predict_pb2.PredictRequest:
   request = predict_pb2.PredictRequest()
-  request.model_spec.name = helpers.TF2_MODEL
+  request.model_spec.name = tiny_models.TF2_MODEL
   request.inputs["images"].CopyFrom(tf.make_tensor_proto(np.zeros((1, S, S, 3), np.float32)))
   return request
 
@@ -54,7 +54,7 @@ def _version_beyond_int64() -> bytes:
     if not value:
       break
   version = b"\x08" + bytes(varint)                 # Int64Value.value = field 1
-  name = helpers.TF2_MODEL.encode()
+  name = tiny_models.TF2_MODEL.encode()
   spec = b"\x0a" + bytes([len(name)]) + name + b"\x12" + bytes([len(version)]) + version
   return b"\x0a" + bytes([len(spec)]) + spec        # PredictRequest.model_spec = field 1
 
@@ -106,8 +106,8 @@ def test_bad_predict_bytes(channel, stub, case):
 
 def test_classify_and_regress_bad_signatures(stub):
   request = classification_pb2.ClassificationRequest()
-  request.model_spec.name, request.model_spec.signature_name = helpers.TF1_MODEL, MEGABYTE_NAME
-  request.input.example_list.examples.add().ParseFromString(helpers.example_bytes([1.0, 2.0]))
+  request.model_spec.name, request.model_spec.signature_name = tiny_models.TF1_MODEL, MEGABYTE_NAME
+  request.input.example_list.examples.add().ParseFromString(tiny_models.example_bytes([1.0, 2.0]))
   with pytest.raises(grpc.RpcError) as info:
     stub.Classify(request, timeout=60)
   assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT

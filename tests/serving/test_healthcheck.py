@@ -10,7 +10,7 @@ import subprocess
 from pathlib import Path
 from urllib.parse import urlparse
 
-from tests.serving import deploy_support as ds
+from tests.support import deploy as ds
 
 HEALTHCHECK = ds.CONFIG_DIR / "healthcheck.sh"
 
@@ -40,5 +40,5 @@ def test_not_ready_without_models_or_server(rest_url, tmp_path):
   empty = tmp_path / "empty.config"
   empty.write_text("")
   assert _ready(rest_url, empty) == 1
-  from tests.serving.helpers import free_port
+  from tests.support.tiny_models import free_port
   assert _ready(f"http://127.0.0.1:{free_port()}", tmp_path / "missing.config") == 1

@@ -36,11 +36,11 @@ from tensorflow_serving.apis import (get_model_status_pb2, model_management_pb2,
 from tensorflow_serving.config import model_server_config_pb2
 
 from clients import prometheus
-from tests.serving import helpers
+from tests.support import tiny_models
 from tests.support.remote import needs_embedded
 
 pytestmark = needs_embedded
-S = helpers.IMAGE_SIZE
+S = tiny_models.IMAGE_SIZE
 AVAILABLE = get_model_status_pb2.ModelVersionStatus.AVAILABLE
 END = get_model_status_pb2.ModelVersionStatus.END
 METRICS = "/monitoring/prometheus/metrics"
@@ -60,7 +60,7 @@ def _config_text(*entries: str) -> str:
 class Server:
   """A running embedded server over its own repository, with stubs."""
 
-  def __init__(self, root: Path, process: helpers.ServerProcess):
+  def __init__(self, root: Path, process: tiny_models.ServerProcess):
     self.root, self.process = root, process
     self.channel = grpc.insecure_channel(process.grpc_address,
                                          options=[("grpc.max_send_message_length", 64 << 20)])
@@ -89,13 +89,13 @@ class Server:
                if s.name == ":tensorflow:serving:request_count" and s.labels["status"] != "OK")
 
 
-def _start(root: Path, *flags: str, config: str | None = None) -> helpers.ServerProcess:
+def _start(root: Path, *flags: str, config: str | None = None) -> tiny_models.ServerProcess:
   (root / "monitoring.config").write_text(
       f'prometheus_config {{ enable: true path: "{METRICS}" }}\n')
   if config is not None:
     (root / "models.config").write_text(config)
-  return helpers.ServerProcess([
-      f"--port={helpers.free_port()}", f"--rest_api_port={helpers.free_port()}",
+  return tiny_models.ServerProcess([
+      f"--port={tiny_models.free_port()}", f"--rest_api_port={tiny_models.free_port()}",
       f"--model_config_file={root / 'models.config'}",
       f"--monitoring_config_file={root / 'monitoring.config'}", *flags], cwd=root)
 
@@ -103,13 +103,15 @@ def _start(root: Path, *flags: str, config: str | None = None) -> helpers.Server
 def _copy_version(repository: Path, root: Path, version: int, to: int | None = None) -> Path:
   """Version 1 (with warmup data) or 2 (+1 on the logits) of the tiny model."""
   target = root / "live" / str(to or version)
-  shutil.copytree(repository / helpers.TF2_MODEL / str(version), target)
+  shutil.copytree(repository / tiny_models.TF2_MODEL / str(version), target)
   return target
 
 
 @pytest.fixture
-def fresh(tmp_path: Path, repository: Path) -> Iterator[Callable[..., Server]]:
-  """Starts a server of this test's own on `live` (version 1 unless told)."""
+def fresh(tmp_path: Path, repository: Path, monkeypatch) -> Iterator[Callable[..., Server]]:
+  """Starts a server of this test's own on `live` (version 1 unless told),
+  logging each finished poll (see `_after_polls`)."""
+  monkeypatch.setenv("TF_CPP_VMODULE", "file_system_storage_path_source=1")
   started: list[Server] = []
 
   def start(*flags: str, versions: tuple[int, ...] = (1,), config: str | None = None) -> Server:
@@ -158,6 +160,15 @@ def _request(images: np.ndarray, version: int | None = None,
 
 
 ONE = np.zeros((1, S, S, 3), np.float32)
+
+
+def _after_polls(server: Server, poller: str, polls: int = 1) -> None:
+  """Waits until `polls` passes of `poller` ("fs-poll": the repositories,
+  "config-poll": --model_config_file) started after this call and finished.
+  So a check that nothing changed has seen the server look."""
+  done = server.process.log.count(f"{poller} pass ")
+  # The pass under way now may have looked before the caller's change.
+  _wait_for(lambda: server.process.log.count(f"{poller} pass ") >= done + polls + 1)
 
 
 def _wait_for(predicate, timeout: float = 60.0):
@@ -216,7 +227,7 @@ def test_version_dropped_in_is_served_without_restart(fresh):
   before = server.predict.Predict(_request(ONE), timeout=30)
   assert before.model_spec.version.value == 1
   (root / "live" / ".tmp-9").mkdir()       # an exporter mid-write: ignored
-  helpers.write_tf2_model(root / "staging", bias=1.0)
+  tiny_models.write_tf2_model(root / "staging", bias=1.0)
   os.rename(root / "staging", root / "live" / "2")
   _wait_for(lambda: server.states().get(2, (None,))[0] == AVAILABLE)
   after = server.predict.Predict(_request(ONE), timeout=30)
@@ -253,13 +264,14 @@ def test_base_path_missing_for_a_while_keeps_serving(fresh):
   server = fresh(*FAST_POLLS)
   traffic = Traffic(server)
   try:
-    time.sleep(1)
+    _wait_for(lambda: traffic.ok > 10)
     os.rename(server.root / "live", server.root / "live.away")
     server.process.wait_for_log(r"Could not find base path .*live for servable live")
-    time.sleep(3)                          # three polls with the base path gone
+    _after_polls(server, "fs-poll", 3)     # three polls with the base path gone
     os.rename(server.root / "live.away", server.root / "live")
     server.process.wait_for_log(r"Base path .*live for servable live is back")
-    time.sleep(1)
+    _after_polls(server, "fs-poll")
+    _wait_for(lambda: traffic.ok > 20)
   finally:
     traffic.stop()
   _assert_served_throughout(server, traffic)
@@ -305,7 +317,7 @@ def test_adding_a_version_and_labelling_it_takes_two_reloads(fresh):
   with pytest.raises(grpc.RpcError) as info:
     server.reload(_live_config(server, (1, 2), canary=2))
   assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION
-  time.sleep(1.5)                          # a poll: version 2 stays unaspired
+  _after_polls(server, "fs-poll")          # version 2 stays unaspired
   assert 2 not in server.states()
   assert server.reload(_live_config(server, (1, 2))).status.error_code == 0
   _wait_for(lambda: server.states().get(2, (None,))[0] == AVAILABLE)
@@ -317,7 +329,7 @@ def test_adding_a_version_and_labelling_it_takes_two_reloads(fresh):
 
 def test_reload_waits_for_new_models_and_fails_when_one_does_not_load(fresh, repository):
   server = fresh(*FAST_POLLS)
-  shutil.copytree(repository / helpers.TF2_MODEL / "2", server.root / "second" / "1")
+  shutil.copytree(repository / tiny_models.TF2_MODEL / "2", server.root / "second" / "1")
   (server.root / "broken" / "1").mkdir(parents=True)
   (server.root / "broken" / "1" / "saved_model.pb").write_bytes(b"not a SavedModel")
   config = _live_config(server, (1,))
@@ -370,7 +382,8 @@ def test_invalid_reloads_are_refused_and_change_nothing(fresh):
         server.reload(config)
       assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT, message
       assert message in info.value.details()
-    time.sleep(1.5)
+    _after_polls(server, "fs-poll")
+    _after_polls(server, "config-poll")
   finally:
     traffic.stop()
   assert traffic.failures == [] and traffic.ok > 0
@@ -405,11 +418,14 @@ def test_empty_and_garbage_config_files_are_survived(fresh):
   good = config.read_text()
   traffic = Traffic(server)
   try:
-    time.sleep(1)
+    _wait_for(lambda: traffic.ok > 10)
     config.write_text("")
-    time.sleep(3)
+    server.process.wait_for_log("Taking no action for empty config.")
+    _after_polls(server, "config-poll", 2)
     config.write_text(good[:len(good) // 2])    # half written
-    time.sleep(3)
+    server.process.wait_for_log("Failed to read ModelServerConfig file")
+    _after_polls(server, "config-poll", 2)
+    _wait_for(lambda: traffic.ok > 20)
   finally:
     traffic.stop()
   _assert_served_throughout(server, traffic)
@@ -420,7 +436,7 @@ def test_empty_and_garbage_config_files_are_survived(fresh):
                    f"'{config}'") == 1, log
   assert log.count("Error parsing text-format tensorflow.serving.ModelServerConfig: ") == 1, log
   config.write_text(good)                  # back to what runs: nothing to do
-  time.sleep(1.5)
+  _after_polls(server, "config-poll")
   config.write_text("")                    # a new change is reported again
   _wait_for(lambda: server.process.log.count("Taking no action for empty config.") == 2)
   config.write_text(good.replace('"tensorflow"', '"tensorflow" model_version_policy { all {} }'))
@@ -433,22 +449,17 @@ def test_empty_and_garbage_config_files_are_survived(fresh):
 def test_startup_waits_for_a_missing_model_with_ports_closed(tmp_path, repository):
   """tensorflow_model_server opens its ports only once every model is
   AVAILABLE (server.cc): a base path that appears later is waited for."""
-  port = helpers.free_port()
+  port = tiny_models.free_port()
   (tmp_path / "models.config").write_text(_config_text(_entry("live", tmp_path / "live")))
-  seen: dict[str, object] = {}
-
-  def appear_later() -> None:
-    time.sleep(4)
-    with socket.socket() as s:
-      seen["connect"] = s.connect_ex(("127.0.0.1", port))
-    _copy_version(repository, tmp_path, 1)
-
-  threading.Thread(target=appear_later, daemon=True).start()
-  process = helpers.ServerProcess([f"--port={port}", "--rest_api_port=0",
-                                   f"--model_config_file={tmp_path / 'models.config'}"],
-                                  cwd=tmp_path)
+  process = tiny_models.ServerProcess([f"--port={port}", "--rest_api_port=0",
+                                       f"--model_config_file={tmp_path / 'models.config'}"],
+                                      cwd=tmp_path, wait=False)
   try:
-    assert seen["connect"] != 0          # refused while waiting
+    process.wait_for_log(r"Could not find base path .*live for servable live")
+    with socket.socket() as s:
+      assert s.connect_ex(("127.0.0.1", port)) != 0     # refused while waiting
+    _copy_version(repository, tmp_path, 1)
+    process.wait_until_serving()
     lines = process.log.splitlines()
     loaded = next(i for i, line in enumerate(lines) if "Successfully loaded" in line)
     listening = next(i for i, line in enumerate(lines) if "Running gRPC ModelServer" in line)
@@ -463,13 +474,62 @@ def test_startup_fails_when_a_model_does_not_load(tmp_path, repository):
   (tmp_path / "broken" / "1" / "saved_model.pb").write_bytes(b"not a SavedModel")
   (tmp_path / "models.config").write_text(_config_text(
       _entry("live", tmp_path / "live"), _entry("broken", tmp_path / "broken")))
-  port = helpers.free_port()
+  port = tiny_models.free_port()
   with pytest.raises(RuntimeError, match="server exited with 1") as info:
-    helpers.ServerProcess([f"--port={port}", "--max_num_load_retries=0",
+    tiny_models.ServerProcess([f"--port={port}", "--max_num_load_retries=0",
                            f"--model_config_file={tmp_path / 'models.config'}"], cwd=tmp_path)
   assert ("Failed to start server. Error: UNKNOWN: 1 servable(s) did not become available: "
           "{{{name: broken version: 1} due to error: ") in str(info.value)
   assert "Running gRPC ModelServer" not in str(info.value)
+
+
+def _broken_version(directory: Path) -> Path:
+  directory.mkdir(parents=True)
+  (directory / "saved_model.pb").write_bytes(b"not a SavedModel")
+  return directory
+
+
+def test_failed_loads_are_retried_max_num_load_retries_times(tmp_path, repository):
+  """--max_num_load_retries=2: three attempts in all, `load_retry_interval`
+  apart, before start-up gives up (LoaderHarness's retries, server_core.cc)."""
+  _copy_version(repository, tmp_path, 1)
+  _broken_version(tmp_path / "broken" / "1")
+  (tmp_path / "models.config").write_text(_config_text(
+      _entry("live", tmp_path / "live"), _entry("broken", tmp_path / "broken")))
+  with pytest.raises(RuntimeError, match="server exited with 1") as info:
+    tiny_models.ServerProcess([f"--port={tiny_models.free_port()}", "--max_num_load_retries=2",
+                               "--load_retry_interval_micros=100000",
+                               f"--model_config_file={tmp_path / 'models.config'}"],
+                              cwd=tmp_path)
+  log = str(info.value)
+  assert log.count("Loading servable: {name: broken version: 1} failed") == 3, log
+  assert log.count("Successfully loaded servable version {name: live version: 1}") == 1
+
+
+def test_a_load_that_fails_then_succeeds_on_a_retry_serves(tmp_path, repository):
+  """A version whose files are not complete yet at the first attempt (a slow
+  copy) loads at a retry; start-up waits for it."""
+  version = _broken_version(tmp_path / "live" / "1")
+  (tmp_path / "models.config").write_text(_config_text(_entry("live", tmp_path / "live")))
+  process = tiny_models.ServerProcess(
+      [f"--port={tiny_models.free_port()}", "--max_num_load_retries=5",
+       "--load_retry_interval_micros=500000",
+       f"--model_config_file={tmp_path / 'models.config'}"], cwd=tmp_path, wait=False)
+  try:
+    process.wait_for_log(r"Loading servable: \{name: live version: 1\} failed")
+    good = repository / tiny_models.TF2_MODEL / "1"
+    for item in ("variables", "assets.extra"):
+      shutil.copytree(good / item, version / item)
+    shutil.copy(good / "saved_model.pb", tmp_path / "saved_model.pb")
+    os.replace(tmp_path / "saved_model.pb", version / "saved_model.pb")   # last, at once
+    process.wait_until_serving()
+    with grpc.insecure_channel(process.grpc_address) as channel:
+      stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+      assert stub.Predict(_request(ONE), timeout=30).model_spec.version.value == 1
+  finally:
+    process.stop()
+  assert process.log.count("Successfully loaded servable version {name: live version: 1}") == 1
+  assert 1 <= process.log.count("Loading servable: {name: live version: 1} failed") <= 5
 
 
 def test_second_server_on_a_busy_port_fails(fresh):
@@ -477,10 +537,10 @@ def test_second_server_on_a_busy_port_fails(fresh):
   connections; both ports must fail the start instead."""
   first = fresh()
   for busy in (first.process.grpc_address, first.process.rest_address):
-    ports = [helpers.free_port(), helpers.free_port()]
+    ports = [tiny_models.free_port(), tiny_models.free_port()]
     ports[busy == first.process.rest_address] = int(busy.rsplit(":", 1)[1])
     with pytest.raises(RuntimeError, match="server exited with 1") as info:
-      helpers.ServerProcess([f"--port={ports[0]}", f"--rest_api_port={ports[1]}",
+      tiny_models.ServerProcess([f"--port={ports[0]}", f"--rest_api_port={ports[1]}",
                              f"--model_config_file={first.root / 'models.config'}"],
                             cwd=first.root)
     assert "Failed to start server. Error:" in str(info.value)
@@ -562,6 +622,23 @@ def test_batch_larger_than_max_batch_size_is_refused(shared):
     shared.predict.Predict(_request(np.zeros((5, S, S, 3), np.float32), 2), timeout=30)
   assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
   assert "Task size 5 is larger than maximum input batch size 4" in info.value.details()
+
+
+def test_clients_adopt_the_servers_batch_limit(shared):
+  """The clients' default slice (8 rows) is over this server's max_batch_size
+  of 4: the first request is refused with TF Serving's text, the clients cut
+  the rest to 4 rows and keep that limit; answers stay in input order."""
+  from clients import NO_RETRY, GrpcClient, RestClient
+  images = np.random.default_rng(5).uniform(-1, 1, (10, S, S, 3)).astype(np.float32)
+  one_by_one = np.concatenate([tf.make_ndarray(shared.predict.Predict(
+      _request(images[i:i + 1], 2), timeout=30).outputs["logits"]) for i in range(10)])
+  for client in (GrpcClient(shared.process.grpc_address, retry=NO_RETRY),
+                 RestClient(shared.process.rest_address, retry=NO_RETRY)):
+    with client:
+      assert client.batch_size == 8
+      logits = client.predict_images("live", images, version=2, progress=False)["logits"]
+      assert client.batch_size == 4, client.url
+    np.testing.assert_allclose(logits, one_by_one, atol=1e-5)
 
 
 def test_relative_base_path_and_warmup(shared):

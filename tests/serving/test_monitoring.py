@@ -13,7 +13,6 @@ import re
 import shutil
 import subprocess
 from pathlib import Path
-from typing import Any
 
 import grpc
 import numpy as np
@@ -23,8 +22,8 @@ import yaml
 from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
 from clients import prometheus
-from tests.serving import deploy_support as ds
-from tests.serving import helpers
+from tests.support import deploy as ds
+from tests.support import tiny_models
 from tests.support.remote import REMOTE_GRPC, REMOTE_REST
 
 MONITORING = ds.DEPLOY / "monitoring"
@@ -105,8 +104,8 @@ def exported(repository) -> list[prometheus.Sample]:
   """The embedded server's metrics after loads, batched requests and errors."""
   if REMOTE_GRPC or REMOTE_REST:
     pytest.skip("needs the server's --monitoring_config_file and batching flags")
-  server = helpers.ServerProcess([
-      f"--port={helpers.free_port()}", f"--rest_api_port={helpers.free_port()}",
+  server = tiny_models.ServerProcess([
+      f"--port={tiny_models.free_port()}", f"--rest_api_port={tiny_models.free_port()}",
       f"--model_config_file={repository / 'models.config'}",
       "--allow_version_labels_for_unavailable_models", "--enable_batching=true",
       f"--batching_parameters_file={ds.CONFIG_DIR / 'batching_parameters.config'}",
@@ -114,10 +113,10 @@ def exported(repository) -> list[prometheus.Sample]:
   try:
     with grpc.insecure_channel(server.grpc_address) as channel:
       stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
-      for images in (np.zeros((2, helpers.IMAGE_SIZE, helpers.IMAGE_SIZE, 3), np.float32),
+      for images in (np.zeros((2, tiny_models.IMAGE_SIZE, tiny_models.IMAGE_SIZE, 3), np.float32),
                      np.zeros((2, 3), np.float32)):            # the second one fails
         request = predict_pb2.PredictRequest()
-        request.model_spec.name = helpers.TF2_MODEL
+        request.model_spec.name = tiny_models.TF2_MODEL
         request.inputs["images"].CopyFrom(tf.make_tensor_proto(images))
         try:
           stub.Predict(request, timeout=60)

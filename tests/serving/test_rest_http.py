@@ -21,26 +21,26 @@ from typing import Iterator
 import numpy as np
 import pytest
 
-from tests.serving import helpers
+from tests.support import tiny_models
 from tests.support.remote import REMOTE_REST, needs_embedded
 
-TINY = helpers.TF2_MODEL
-S = helpers.IMAGE_SIZE
+TINY = tiny_models.TF2_MODEL
+S = tiny_models.IMAGE_SIZE
 TIMEOUT_MS = 2000
 PREDICT = f"/v1/models/{TINY}:predict"
 METRICS = "/monitoring/prometheus/metrics"
 
 
 @pytest.fixture(scope="module")
-def server(repository, tmp_path_factory) -> Iterator[helpers.ServerProcess | None]:
+def server(repository, tmp_path_factory) -> Iterator[tiny_models.ServerProcess | None]:
   if REMOTE_REST:
     yield None
     return
   monitoring = tmp_path_factory.mktemp("monitoring") / "monitoring.config"
   monitoring.write_text(f'prometheus_config {{ enable: true path: "{METRICS}" }}\n')
-  proc = helpers.ServerProcess([
+  proc = tiny_models.ServerProcess([
       f"--monitoring_config_file={monitoring}",
-      f"--port={helpers.free_port()}", f"--rest_api_port={helpers.free_port()}",
+      f"--port={tiny_models.free_port()}", f"--rest_api_port={tiny_models.free_port()}",
       f"--model_config_file={repository / 'models.config'}",
       "--allow_version_labels_for_unavailable_models",  # as conftest.py's server
       "--file_system_poll_wait_seconds=0", f"--rest_api_timeout_in_ms={TIMEOUT_MS}",
@@ -59,9 +59,15 @@ def _body() -> bytes:
   return json.dumps({"instances": [np.full((S, S, 3), 0.25).tolist()]}).encode()
 
 
-def _request(method: str, path: str, body: bytes = b"", headers: dict | None = None) -> bytes:
+def _request(method: str, path: str, body: bytes = b"", headers: dict | None = None, *,
+             close: bool = False) -> bytes:
+  """One HTTP/1.1 request; `close` asks the server to close after answering,
+  so `_exchange` returns at once when no second response can follow."""
+  headers = dict(headers or {"Content-Length": len(body)})
+  if close:
+    headers["Connection"] = "close"
   lines = [f"{method} {path} HTTP/1.1", "Host: test"]
-  lines += [f"{k}: {v}" for k, v in (headers or {"Content-Length": len(body)}).items()]
+  lines += [f"{k}: {v}" for k, v in headers.items()]
   return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
 
 
@@ -170,9 +176,10 @@ def test_cors_preflight_and_headers(address):
 # --------------------------------------------------------- body framing
 
 def test_chunked_body_is_read_as_one_request(address):
-  plain = _responses(_exchange(address, _request("POST", PREDICT, _body())))
+  plain = _responses(_exchange(address, _request("POST", PREDICT, _body(), close=True)))
   chunked = _responses(_exchange(address, _request(
-      "POST", PREDICT, _chunked(_body(), 100), headers={"Transfer-Encoding": "chunked"})))
+      "POST", PREDICT, _chunked(_body(), 100), headers={"Transfer-Encoding": "chunked"},
+      close=True)))
   assert [s for s, _ in plain] == [200] and [s for s, _ in chunked] == [200]
   assert json.loads(chunked[0][1]) == json.loads(plain[0][1])
 
@@ -187,10 +194,10 @@ def test_chunked_body_that_looks_like_a_request_is_not_smuggled(address):
 
 
 def test_gzip_body_is_accepted(address):
-  plain = _responses(_exchange(address, _request("POST", PREDICT, _body())))
+  plain = _responses(_exchange(address, _request("POST", PREDICT, _body(), close=True)))
   packed = gzip.compress(_body())
   zipped = _responses(_exchange(address, _request("POST", PREDICT, packed, headers={
-      "Content-Encoding": "gzip", "Content-Length": len(packed)})))
+      "Content-Encoding": "gzip", "Content-Length": len(packed)}, close=True)))
   assert [s for s, _ in zipped] == [200]
   assert json.loads(zipped[0][1]) == json.loads(plain[0][1])
 
@@ -199,18 +206,18 @@ def test_gzip_body_is_accepted(address):
 def test_gzip_body_is_bounded_after_decompression(address):
   bomb = gzip.compress(b" " * (30 << 20))   # 30 KB that inflate past the 20 MB limit
   replies = _responses(_exchange(address, _request("POST", PREDICT, bomb, headers={
-      "Content-Encoding": "gzip", "Content-Length": len(bomb)})))
+      "Content-Encoding": "gzip", "Content-Length": len(bomb)}, close=True)))
   assert [s for s, _ in replies] == [413]
   assert "exceeds the limit" in json.loads(replies[0][1])["error"]
 
 
 FRAMING_ERRORS = {
     "content-length and chunked": _request("POST", PREDICT, b"0\r\n\r\n", headers={
-        "Content-Length": 5, "Transfer-Encoding": "chunked"}),
+        "Content-Length": 5, "Transfer-Encoding": "chunked"}, close=True),
     "bad chunk size": _request("POST", PREDICT, b"zz\r\nabc\r\n0\r\n\r\n",
-                               headers={"Transfer-Encoding": "chunked"}),
+                               headers={"Transfer-Encoding": "chunked"}, close=True),
     "not gzip data": _request("POST", PREDICT, b"hello", headers={
-        "Content-Encoding": "gzip", "Content-Length": 5}),
+        "Content-Encoding": "gzip", "Content-Length": 5}, close=True),
 }
 
 

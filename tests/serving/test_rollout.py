@@ -24,7 +24,7 @@ from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
 from clients import GrpcClient, model_config
 from serving import rollout
-from tests.serving import helpers
+from tests.support import tiny_models
 from tests.support.remote import needs_embedded
 
 pytestmark = needs_embedded
@@ -38,8 +38,8 @@ class Server:
     self.root, self.config = root, root / "models.config"
     (root / "monitoring.config").write_text(
         f'prometheus_config {{ enable: true path: "{METRICS}" }}\n')
-    self.process = helpers.ServerProcess([
-        f"--port={helpers.free_port()}", f"--rest_api_port={helpers.free_port()}",
+    self.process = tiny_models.ServerProcess([
+        f"--port={tiny_models.free_port()}", f"--rest_api_port={tiny_models.free_port()}",
         f"--model_config_file={self.config}", "--max_num_load_retries=0",
         f"--monitoring_config_file={root / 'monitoring.config'}", *flags], cwd=root)
     self.channel = grpc.insecure_channel(self.process.grpc_address)
@@ -54,7 +54,7 @@ class Server:
     request = predict_pb2.PredictRequest()
     request.model_spec.name, request.model_spec.version_label = model, label
     request.inputs["images"].CopyFrom(tf.make_tensor_proto(
-        np.zeros((1, helpers.IMAGE_SIZE, helpers.IMAGE_SIZE, 3), np.float32)))
+        np.zeros((1, tiny_models.IMAGE_SIZE, tiny_models.IMAGE_SIZE, 3), np.float32)))
     return self.stub.Predict(request, timeout=30).model_spec.version.value
 
   def close(self) -> None:
@@ -79,7 +79,7 @@ def _add_model(server: Server, repository: Path, name: str) -> None:
   """Versions 1 and 2 of the tiny model (and a broken 3) under models/<name>,
   served with version 1 pinned, as the exporter leaves a new model."""
   for v in (1, 2):
-    shutil.copytree(repository / helpers.TF2_MODEL / str(v), server.root / "models" / name / str(v))
+    shutil.copytree(repository / tiny_models.TF2_MODEL / str(v), server.root / "models" / name / str(v))
   (server.root / "models" / name / "3").mkdir()
   (server.root / "models" / name / "3" / "saved_model.pb").write_bytes(b"not a SavedModel")
 
@@ -131,6 +131,54 @@ def test_canary(server, model):
   assert _versions(server, model) == [1, 2]
   assert (server.version_for(model, "stable"), server.version_for(model, "canary")) == (1, 2)
   assert server.config.stat().st_mode & 0o777 == 0o644     # the file's mode is kept
+
+
+def test_load_serves_a_version_without_labelling_it(server, model):
+  assert server.cli(model, "load", "2") == 0
+  assert _versions(server, model) == [1, 2] and _labels(server, model) == {}
+  with GrpcClient(server.process.grpc_address) as client:
+    assert {s.version: s.state for s in client.status(model)} == {1: "AVAILABLE",
+                                                                 2: "AVAILABLE"}
+  assert server.cli(model, "load", "2") == 0                # again: nothing changes
+  assert _versions(server, model) == [1, 2]
+
+
+def test_load_of_a_broken_or_missing_version_drops_it_again(server, model, capsys):
+  before = server.config.read_text()
+  capsys.readouterr()
+  assert server.cli(model, "load", "3") == 1                # not a SavedModel
+  err = capsys.readouterr().err
+  assert err.startswith(f"error: version 3 of {model} failed to load: "), err
+  assert err.count("\n") == 1 and "Traceback" not in err
+  assert server.config.read_text() == before and _versions(server, model) == [1]
+  assert server.cli(model, "--timeout=3", "load", "7") == 1  # no such directory
+  assert f"version 7 of {model} not AVAILABLE after 3 s" in capsys.readouterr().err
+  assert server.config.read_text() == before
+
+
+def test_label_points_at_an_available_version_only(server, model, capsys):
+  assert server.cli(model, "label", "blue", "1") == 0
+  assert _labels(server, model) == {"blue": 1}
+  assert server.version_for(model, "blue") == 1
+  before = server.config.read_text()
+  capsys.readouterr()
+  assert server.cli(model, "label", "green", "2") == 1      # on disk, not loaded
+  assert (capsys.readouterr().err ==
+          f"error: version 2 of {model} is not AVAILABLE; label 'green' stays where it is\n")
+  assert server.config.read_text() == before
+  assert server.cli(model, "load", "2") == 0
+  assert server.cli(model, "label", "blue", "2") == 0       # a label moves
+  assert _labels(server, model) == {"blue": 2} and server.version_for(model, "blue") == 2
+
+
+def test_steps_on_a_model_the_config_lacks_fail_in_one_line(server, capsys):
+  for step in (["load", "1"], ["label", "stable", "1"], ["promote"]):
+    before = server.config.read_text()
+    capsys.readouterr()
+    assert server.cli("absent", *step) == 1, step
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "absent" in err, err
+    assert server.config.read_text() == before
 
 
 def test_canary_of_a_broken_version_changes_nothing(server, model, capsys):
@@ -218,7 +266,7 @@ def test_every_step_has_help(step):
   """Each step explains itself (that help imports nothing heavy is checked
   for every command line in tests/test_cli_help.py)."""
   result = subprocess.run([sys.executable, "-m", "serving.rollout", step, "--help"],
-                          capture_output=True, text=True, timeout=60, cwd=helpers.ROOT)
+                          capture_output=True, text=True, timeout=60, cwd=tiny_models.ROOT)
   assert result.returncode == 0, result.stderr
   description = result.stdout.split("\n\n")[1]
   assert len(description) > 20, result.stdout

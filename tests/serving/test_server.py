@@ -25,10 +25,10 @@ from tensorflow_serving.apis import (get_model_metadata_pb2, get_model_status_pb
 from serving import flags
 from serving.errors import ServingError
 from serving.server import Server, ServerOptions
-from tests.serving import helpers
+from tests.support import tiny_models
 
-S = helpers.IMAGE_SIZE
-MODEL = helpers.TF2_MODEL
+S = tiny_models.IMAGE_SIZE
+MODEL = tiny_models.TF2_MODEL
 
 
 def _options(*argv: str) -> ServerOptions:
@@ -52,7 +52,7 @@ def server(repository: Path, tmp_path_factory) -> Iterator[Server]:
   monitoring = tmp_path_factory.mktemp("server") / "monitoring.config"
   monitoring.write_text('prometheus_config { enable: true path: "/metrics" }\n')
   server = Server(_options(
-      f"--port={helpers.free_port()}", f"--rest_api_port={helpers.free_port()}",
+      f"--port={tiny_models.free_port()}", f"--rest_api_port={tiny_models.free_port()}",
       f"--model_config_file={repository / 'models.config'}",
       "--allow_version_labels_for_unavailable_models", "--file_system_poll_wait_seconds=0",
       f"--monitoring_config_file={monitoring}"))
@@ -151,7 +151,7 @@ def test_rest_records_every_request_as_http_server_does(server):
 
 
 def _tiny_repository(root: Path, *, broken: bool = False) -> Path:
-  helpers.write_tf2_model(root / "live" / "1")
+  tiny_models.write_tf2_model(root / "live" / "1")
   entries = [f'config {{ name: "live" base_path: "{root / "live"}" '
              'model_platform: "tensorflow" }']
   if broken:
@@ -173,7 +173,7 @@ def _free(port: int) -> bool:
 
 
 def test_start_up_fails_before_opening_a_port_when_a_model_does_not_load(tmp_path):
-  port = helpers.free_port()
+  port = tiny_models.free_port()
   server = Server(_options(f"--port={port}", "--max_num_load_retries=0",
                            f"--model_config_file={_tiny_repository(tmp_path, broken=True)}"))
   with pytest.raises(ServingError, match=r"1 servable\(s\) did not become available: "
@@ -183,7 +183,7 @@ def test_start_up_fails_before_opening_a_port_when_a_model_does_not_load(tmp_pat
 
 
 def test_a_busy_port_fails_start_up_and_closes_what_had_opened(tmp_path):
-  grpc_port = helpers.free_port()
+  grpc_port = tiny_models.free_port()
   with socket.socket() as busy:
     busy.bind(("127.0.0.1", 0))
     busy.listen()

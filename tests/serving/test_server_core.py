@@ -6,7 +6,7 @@ a server's timers.
 Most tests inject a loader that loads nothing (the semantics are the
 core's, whatever a version holds; a version directory holding a file
 `broken` fails to load); the ones about real loads use the tiny SavedModels
-of tests/serving/helpers.py and Servable.load, as the server does.
+of tests/serving/tiny_models.py and Servable.load, as the server does.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from serving.runner import Runner
 from serving.servable import Servable
 from serving.server_core import (AVAILABLE, END, ConfigFilePoller, LoadOptions, ServerCore)
 from serving.services import ModelService
-from tests.serving import helpers
+from tests.support import tiny_models
 
 
 @dataclasses.dataclass
@@ -361,7 +361,7 @@ def test_real_loads_are_counted_and_warmed_up(tmp_path, caplog):
   """Servable.load on the tiny models: a load attempt is counted as TF's
   loader counts it, the warmup runs before the version is AVAILABLE, and a
   file that is no SavedModel fails its version only."""
-  helpers.write_tf2_model(tmp_path / "live" / "1", warmup=True)
+  tiny_models.write_tf2_model(tmp_path / "live" / "1", warmup=True)
   (tmp_path / "live" / "2").mkdir()
   (tmp_path / "live" / "2" / "saved_model.pb").write_bytes(b"\x00garbage, not a SavedModel")
   metrics = Metrics()

@@ -22,20 +22,20 @@ from serving.runner import Runner
 from serving.servable import Servable
 from serving.server_core import LoadOptions, ServerCore
 from serving.services import PredictionService
-from tests.serving import helpers
+from tests.support import tiny_models
 
-S = helpers.IMAGE_SIZE
+S = tiny_models.IMAGE_SIZE
 
 
 @pytest.fixture(scope="module")
 def repository(tmp_path_factory) -> Path:
   """`batched` (with batching_params.pbtxt and a warmup record) and `plain`."""
   root = tmp_path_factory.mktemp("core")
-  helpers.write_tf2_model(root / "batched" / "1", warmup=True)
+  tiny_models.write_tf2_model(root / "batched" / "1", warmup=True)
   (root / "batched" / "1" / "batching_params.pbtxt").write_text(
       "max_batch_size { value: 4 } batch_timeout_micros { value: 1000 } "
       "num_batch_threads { value: 1 }")
-  helpers.write_tf2_model(root / "plain" / "1")
+  tiny_models.write_tf2_model(root / "plain" / "1")
   return root
 
 

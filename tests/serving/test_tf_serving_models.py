@@ -20,7 +20,7 @@ from tensorflow_serving.apis import (classification_pb2, get_model_metadata_pb2,
                                      inference_pb2, predict_pb2,
                                      prediction_service_pb2_grpc, regression_pb2)
 
-from tests.serving import helpers, tf_serving_models
+from tests.support import tf_serving_models, tiny_models
 from tests.support.remote import needs_embedded
 
 pytestmark = needs_embedded     # serves its own repository
@@ -32,11 +32,11 @@ def models(tmp_path_factory) -> Path:
   return tf_serving_models.write_repository(tmp_path_factory.mktemp("tfs_models"))
 
 
-def _start(models: Path, *flags: str) -> helpers.ServerProcess:
+def _start(models: Path, *flags: str) -> tiny_models.ServerProcess:
   monitoring = models / "monitoring.config"
   monitoring.write_text("prometheus_config { enable: true }")
-  return helpers.ServerProcess([
-      f"--port={helpers.free_port()}", f"--rest_api_port={helpers.free_port()}",
+  return tiny_models.ServerProcess([
+      f"--port={tiny_models.free_port()}", f"--rest_api_port={tiny_models.free_port()}",
       f"--model_config_file={models / 'models.config'}", "--file_system_poll_wait_seconds=0",
       f"--monitoring_config_file={monitoring}", *flags])
 
@@ -248,5 +248,5 @@ def test_bad_model_config(tmp_path):
   config = tmp_path / "bad_model_config.txt"
   config.write_text("improperly formatted file")
   with pytest.raises(RuntimeError, match="server exited") as failure:
-    helpers.ServerProcess([f"--port={helpers.free_port()}", f"--model_config_file={config}"])
+    tiny_models.ServerProcess([f"--port={tiny_models.free_port()}", f"--model_config_file={config}"])
   assert "Error parsing text-format tensorflow.serving.ModelServerConfig" in str(failure.value)

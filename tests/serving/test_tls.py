@@ -2,7 +2,7 @@
 (server.cc: BuildServerCredentials), mutual TLS with client_verify, REST
 plain HTTP as in TF Serving unless --rest_api_enable_ssl (embedded only),
 and every config that cannot be served stops the server instead of
-falling back to plaintext. The CA is made in the test (tests/clients/pki.py).
+falling back to plaintext. The CA is made in the test (tests/support/pki.py).
 """
 
 from __future__ import annotations
@@ -19,12 +19,12 @@ import grpc
 import pytest
 from tensorflow_serving.apis import get_model_status_pb2, model_service_pb2_grpc
 
-from tests.clients.pki import Pki, write_pki
-from tests.serving import helpers
+from tests.support.pki import Pki, write_pki
+from tests.support import tiny_models
 from tests.support.remote import needs_embedded
 
 pytestmark = needs_embedded
-TINY = helpers.TF2_MODEL
+TINY = tiny_models.TF2_MODEL
 
 
 @pytest.fixture(scope="module")
@@ -43,9 +43,9 @@ def _ssl_config(path: Path, pki: Pki, *, client_verify: bool = False, key: str |
   return path
 
 
-def _start(repository: Path, config: Path, *extra: str) -> helpers.ServerProcess:
-  return helpers.ServerProcess([
-      f"--port={helpers.free_port()}", f"--rest_api_port={helpers.free_port()}",
+def _start(repository: Path, config: Path, *extra: str) -> tiny_models.ServerProcess:
+  return tiny_models.ServerProcess([
+      f"--port={tiny_models.free_port()}", f"--rest_api_port={tiny_models.free_port()}",
       f"--model_config_file={repository / 'models.config'}",
       "--allow_version_labels_for_unavailable_models",  # as conftest.py's server
       "--file_system_poll_wait_seconds=0", f"--ssl_config_file={config}", *extra])
@@ -136,10 +136,10 @@ def test_unusable_ssl_configs_stop_the_server(tmp_path, pki):
 
   def start(args: list[str]) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "serving", f"--port={helpers.free_port()}",
+        [sys.executable, "-m", "serving", f"--port={tiny_models.free_port()}",
          "--model_name=m", f"--model_base_path={tmp_path / 'models'}", *args],
-        capture_output=True, text=True, timeout=120, cwd=helpers.ROOT,
-        env={"PYTHONPATH": str(helpers.ROOT), "TF_CPP_MIN_LOG_LEVEL": "2", "PATH": "/usr/bin"})
+        capture_output=True, text=True, timeout=120, cwd=tiny_models.ROOT,
+        env={"PYTHONPATH": str(tiny_models.ROOT), "TF_CPP_MIN_LOG_LEVEL": "2", "PATH": "/usr/bin"})
 
   with concurrent.futures.ThreadPoolExecutor(3) as pool:
     results = dict(zip(cases, pool.map(start, [args for args, _ in cases.values()])))

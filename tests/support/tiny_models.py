@@ -3,7 +3,7 @@
 Tiny SavedModels built with plain TensorFlow (so the serving tests do not
 depend on the exporter, and every TF Serving feature can be exercised in well
 under a second per model) and a repository of them. The clients and A/B
-tests reuse these: import them from `tests.serving.helpers`. `free_port` and
+tests reuse these: import them from `tests.support.tiny_models`. `free_port` and
 `ServerProcess` (start `python -m serving ...` as a real user would and wait
 for the ports it prints) live in `serving.process`, which the benchmarks use
 too, and are re-exported here.
@@ -180,6 +180,6 @@ def write_repository(root: str | os.PathLike, base_prefix: str | None = None) ->
 
 
 if __name__ == "__main__":
-  # python -m tests.serving.helpers DIR [BASE_PREFIX]: write the test repository
+  # python -m tests.support.tiny_models DIR [BASE_PREFIX]: write the test repository
   # (to serve it with a real tensorflow_model_server; see the README).
   print(write_repository(sys.argv[1], sys.argv[2] if len(sys.argv) > 2 else None))
