@@ -7,13 +7,13 @@ GRPC_PORT ?= 8500
 REST_PORT ?= 8501
 
 # The tensorflow/serving release the deployment files pin, from its one source.
-TFSERVING_VERSION ?= $(shell sed -n 's/^TFSERVING_VERSION=//p' serving/.env)
+TFSERVING_VERSION ?= $(shell sed -n 's/^TFSERVING_VERSION=//p' deploy/compose/.env)
 TFSERVING_VENV    ?= .venv-tfserving/$(TFSERVING_VERSION)
 TFSERVING_WHEELS  ?= .cache/tfserving-wheels
 CHECK_DIR         ?= build/tfserving-check
 
 # make export: the serving_default batch sizes each new version warms at load
-# (1,2,4,8,16,32 for the GPU batching config, serving/config/*.gpu.config).
+# (1,2,4,8,16,32 for the GPU batching config, deploy/config/*.gpu.config).
 WARMUP_BATCH_SIZES ?= 1,2,4,8
 # make tune: see docs/tuning.md. MODEL is a name in models.config there.
 TUNE_MODEL     = $(if $(filter default,$(MODEL)),vit_digits,$(MODEL))
@@ -63,7 +63,7 @@ tune: setup
 	    --p99-ms $(P99_MS)
 
 # tensorflow_model_server's command line, the same flags with the same values as
-# serving/docker-compose*.yml and deploy/base (where each is explained); paths
+# deploy/compose/docker-compose*.yml and deploy/base (where each is explained); paths
 # here are the repository's (tests/serving/test_deploy_flags.py compares the
 # lists). --xla_cpu_compilation_enabled is required: without it the server
 # calls DisableXlaCompilation() and the jax2tf exports fail to load, on both
@@ -72,8 +72,8 @@ SERVE_FLAGS = --port=$(GRPC_PORT) --rest_api_port=$(REST_PORT) \
     --model_config_file=models.config --model_config_file_poll_wait_seconds=10 \
     --file_system_poll_wait_seconds=5 --allow_version_labels_for_unavailable_models=true \
     --xla_cpu_compilation_enabled=true --enable_batching=true \
-    --batching_parameters_file=serving/config/batching_parameters.config \
-    --monitoring_config_file=serving/config/monitoring.config --enable_model_warmup=true \
+    --batching_parameters_file=deploy/config/batching_parameters.config \
+    --monitoring_config_file=deploy/config/monitoring.config --enable_model_warmup=true \
     --grpc_channel_arguments=grpc.max_connection_age_ms=300000 \
     --enable_grpc_healthcheck_service=true
 
@@ -81,8 +81,8 @@ SERVE_FLAGS = --port=$(GRPC_PORT) --rest_api_port=$(REST_PORT) \
 # tensorflow/serving GPU image with docker compose; SERVER=tfserving-cpu: its
 # CPU image. compose publishes 8500/8501 (GRPC_PORT/REST_PORT apply to the
 # embedded server); PROFILES=monitoring adds Prometheus and Grafana.
-COMPOSE_FILE_tfserving     = serving/docker-compose.yml
-COMPOSE_FILE_tfserving-cpu = serving/docker-compose.cpu.yml
+COMPOSE_FILE_tfserving     = deploy/compose/docker-compose.yml
+COMPOSE_FILE_tfserving-cpu = deploy/compose/docker-compose.cpu.yml
 PROFILES ?=
 
 serve: setup

@@ -18,7 +18,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 COMMANDS = ("export", "export.zoo", "export.finetune", "export.default_model", "serving",
-            "serving.rollout", "clients", "benchmarks")
+            "ops.rollout", "clients", "benchmarks")
 ROUNDS = 5
 TARGET_SECONDS = 0.5
 

@@ -25,7 +25,9 @@ from typing import Callable
 
 import numpy as np
 
-from clients import contract, preprocessing, protos, tensors
+from clients import preprocessing, tensors
+import contract
+from contract import protos
 
 ROOT = Path(__file__).resolve().parents[1]
 SIZE = 224

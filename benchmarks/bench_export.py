@@ -29,7 +29,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from clients import contract
+import contract
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL = "B/16"

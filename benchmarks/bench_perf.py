@@ -1,7 +1,7 @@
 """`python -m clients perf` against the default deployment: the default model
 (`vit_digits`, made by `python -m export.default_model`, as `make export`
 does) on the embedded server with the shipped CPU batching config
-(serving/config/batching_parameters.config), swept over concurrency 1..32 on
+(deploy/config/batching_parameters.config), swept over concurrency 1..32 on
 gRPC and on REST with one of the model's own sample images (predict_bytes).
 
 The load generator runs as a user runs it, in its own process, and writes
@@ -56,13 +56,13 @@ def _sweep(address: str, image: Path, api: str) -> dict:
 
 
 def run() -> list[dict]:
-  from serving.process import ServerProcess, free_port
+  from ops.process import ServerProcess, free_port
   RESULTS.mkdir(exist_ok=True)
   config, image = default_model()
   server = ServerProcess([f"--port={free_port()}", f"--rest_api_port={free_port()}",
                           f"--model_config_file={config}", "--enable_batching",
                           "--xla_cpu_compilation_enabled=true",
-                          f"--batching_parameters_file={ROOT}/serving/config/"
+                          f"--batching_parameters_file={ROOT}/deploy/config/"
                           "batching_parameters.config"],
                          cwd=CACHE, timeout=300)  # models.config's base_path is relative
   try:

@@ -43,7 +43,7 @@ async def _round(host: str, port: int, path: str) -> list[float | None]:
 
 def run() -> list[dict]:
   from benchmarks.bench_perf import CACHE, MODEL, default_model
-  from serving.process import ServerProcess, free_port
+  from ops.process import ServerProcess, free_port
   config, _ = default_model()
   load_before = os.getloadavg()[0]
   server = ServerProcess([f"--port={free_port()}", f"--rest_api_port={free_port()}",

@@ -50,7 +50,8 @@ from typing import Callable
 
 import numpy as np
 
-from clients import contract, prometheus
+import contract
+from contract import prometheus
 
 ROOT = Path(__file__).resolve().parents[1]
 CACHE = ROOT / ".cache" / "bench_serving"
@@ -107,7 +108,7 @@ def export_digits() -> Path:
 
 
 def _start(name: str, base: Path, extra: list[str], tmp: Path):
-  from serving.process import ServerProcess, free_port
+  from ops.process import ServerProcess, free_port
   return ServerProcess([f"--port={free_port()}", f"--rest_api_port={free_port()}",
                         f"--model_name={name}", f"--model_base_path={base}",
                         "--file_system_poll_wait_seconds=0",
@@ -327,7 +328,7 @@ def _start_null_server(port: int, response: bytes, tmp: Path) -> subprocess.Pope
 
 def digits_rows(tmp: Path) -> list[dict]:
   import tensorflow as tf
-  from serving.process import free_port
+  from ops.process import free_port
   base = export_digits()
   image = np.random.default_rng(2).uniform(-1, 1, (1, DIGITS_SIZE, DIGITS_SIZE, 3))
   image = image.astype(np.float32)

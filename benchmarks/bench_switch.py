@@ -4,7 +4,7 @@ A small ViT (the default model's architecture, random weights; two seeds are
 two versions) is served by the embedded server. Eight client threads send
 batch-1 gRPC Predict requests through the clients' label router the whole
 time. First a steady window with version 1 as `stable`; then the switch
-window: `serving.rollout` loads version 2 (with its warmup) and labels it
+window: `ops.rollout` loads version 2 (with its warmup) and labels it
 `canary`, the clients send it 10%, then it is promoted and version 1 retired.
 The p99 latency of requests that started inside each window is compared, and
 every failed request is counted (the target is none).
@@ -85,9 +85,9 @@ class _Load:
 def run() -> list[dict]:
   import export
   from export import digits
-  from serving.rollout import Rollout
+  from ops.rollout import Rollout
   from clients import Router, label_arms
-  from serving.process import ServerProcess, free_port
+  from ops.process import ServerProcess, free_port
 
   with tempfile.TemporaryDirectory() as tmp_name:
     tmp = Path(tmp_name)

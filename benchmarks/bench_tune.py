@@ -9,7 +9,7 @@ architecture):
    first at batch size 8 (warmed at load) and the second at 16 (compiled).
 2. Tuned against shipped: `ops.tune` with a TUNE_BUDGET_S budget picks a
    configuration, then the tuned and the shipped CPU configuration
-   (serving/config/batching_parameters.config) are measured one after the
+   (deploy/config/batching_parameters.config) are measured one after the
    other on fresh servers at c = 1..32 (clients.perf's closed loop, batch-1
    requests): throughput at the p99 target at each level and their ratio.
    When the tuner keeps the shipped configuration (nothing beat it at every
@@ -28,7 +28,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 CACHE = ROOT / ".cache" / "bench_tune"
-SHIPPED = ROOT / "serving" / "config" / "batching_parameters.config"
+SHIPPED = ROOT / "deploy" / "config" / "batching_parameters.config"
 LEVELS = [1, 2, 4, 8, 16, 32]
 SECONDS = float(os.environ.get("BENCH_TUNE_SECONDS", "3"))
 BUDGET_S = float(os.environ.get("TUNE_BUDGET_S", "240"))

@@ -43,7 +43,7 @@ from PIL import Image
 
 import export
 from checks import tfserving_plan as plan
-from clients import contract
+import contract
 from export import exporter, repository
 from export.checkpoint import load_checkpoint, save_checkpoint
 from export.models import build_model
@@ -123,7 +123,7 @@ def _scale(pixels: np.ndarray) -> np.ndarray:
 
 def model_inputs(signature: str, inputs: dict[str, np.ndarray], size: int) -> np.ndarray:
   """What the Flax model sees for a request: the contract's preprocessing
-  steps (clients/contract.py) done in numpy/PIL, not by the SavedModel."""
+  steps (contract/__init__.py) done in numpy/PIL, not by the SavedModel."""
   row = contract.BY_NAME[signature]
   value = inputs[row.input_key]
   if contract.DECODE_RESIZE in row.steps:

@@ -10,7 +10,7 @@ twins (clients.aio: AsyncGrpcClient, AsyncRestClient; the latter needs the
 [aio] extra); A/B routing is in clients.routing, the CLI (predict, metadata,
 status, health, perf) in `python -m clients`. Importing this package does
 not import TensorFlow: the protocol messages come from a descriptor set that
-ships with it (clients.protos), so a caller pays for grpc and numpy only.
+ships with it (contract.protos), so a caller pays for grpc and numpy only.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ if TYPE_CHECKING:
   from clients.grpc_client import GrpcClient
   from clients.rest_client import RestClient
 
-# The public names, imported on first use: export/ reads clients.contract
+# The public names, imported on first use: export/ reads contract
 # (e.g. `python -m export.zoo --help`), which must not pay ~0.3 s for grpc and
 # numpy through this package's __init__.
 _API = {

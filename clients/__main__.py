@@ -179,7 +179,7 @@ def _parser() -> argparse.ArgumentParser:
       sub.add_argument("--json", action="store_true", help="print one JSON list")
       sub.add_argument("--batch-size", type=positive_int, default=DEFAULT_BATCH_SIZE,
                        help=f"images per request (default {DEFAULT_BATCH_SIZE}: the largest "
-                            "batch the CPU batching config of serving/config/ accepts; a "
+                            "batch the CPU batching config of deploy/config/ accepts; a "
                             "smaller limit named by the server is adopted)")
       sub.add_argument("images", nargs="+", metavar="IMAGE", help="image files or directories")
   perf.add_parser(commands)

@@ -23,7 +23,9 @@ from typing import Any, Mapping, Sequence
 import grpc
 import numpy as np
 
-from clients import batching, contract, grpc_client, protos, rest_client
+from clients import batching, grpc_client, rest_client
+import contract
+from contract import protos
 from clients.base import ENCODED, IMAGES, PIXELS, Call, Client, Common, Headers, ModelRef
 from clients.batching import DEFAULT_BATCH_SIZE
 from clients.connection import Tls
@@ -40,7 +42,7 @@ class AsyncClient(Common, abc.ABC):
   is described once; tests/clients/test_aio_api.py checks that the names,
   parameters and docstrings match. `reload_config` (GrpcClient's) has no
   async twin on purpose: it is an operator's action, which the rollout tool
-  (serving/rollout.py) takes synchronously from a command line while it waits
+  (ops/rollout.py) takes synchronously from a command line while it waits
   for the load, not something a service does from its event loop.
   """
 

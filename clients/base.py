@@ -16,13 +16,14 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from clients import batching, contract, preprocessing
+from clients import batching, preprocessing
+import contract
 from clients.errors import ClientError
 from clients.results import ModelMetadata, Prediction, VersionStatus
 from clients.retry import RetryPolicy
 from clients.tensors import as_array
 
-# The SavedModel contract's signatures (clients.contract, docs/design.md).
+# The SavedModel contract's signatures (contract, docs/design.md).
 IMAGES, PIXELS, ENCODED = contract.IMAGES, contract.PIXELS, contract.ENCODED
 
 Headers = Mapping[str, str] | Sequence[tuple[str, str]]

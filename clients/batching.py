@@ -19,7 +19,7 @@ from typing import Any, Awaitable, Callable
 from clients.errors import ClientError
 from clients.results import Prediction, merge
 
-# The largest batch the CPU batching config of serving/config/ accepts
+# The largest batch the CPU batching config of deploy/config/ accepts
 # (max_batch_size 8), so the defaults work against the shipped configs.
 DEFAULT_BATCH_SIZE = 8
 

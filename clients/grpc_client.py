@@ -18,7 +18,8 @@ from typing import Any
 import grpc
 import numpy as np
 
-from clients import connection, protos, tensors
+from clients import connection, tensors
+from contract import protos
 from clients.base import Call, Client, Headers, ModelRef
 from clients.batching import DEFAULT_BATCH_SIZE
 from clients.connection import Tls
@@ -81,7 +82,7 @@ class GrpcClient(Client):
   def reload_config(self, config: Any, *, timeout: float | None = None,
                     headers: Headers | None = None) -> None:
     """ModelService.HandleReloadConfigRequest: makes `config` (a
-    ModelServerConfig, e.g. from clients.model_config) the server's models.
+    ModelServerConfig, e.g. from contract.model_config) the server's models.
 
     gRPC only (TF Serving has no REST equivalent). The server answers once
     the models new to the config are AVAILABLE, so `timeout` should cover a

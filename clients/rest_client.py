@@ -37,7 +37,8 @@ from urllib.parse import quote
 import numpy as np
 from google.protobuf import json_format
 
-from clients import connection, protos, tensors
+from clients import connection, tensors
+from contract import protos
 from clients.base import Call, Client, Headers, ModelRef
 from clients.batching import DEFAULT_BATCH_SIZE
 from clients.connection import Tls

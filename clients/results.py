@@ -11,7 +11,8 @@ from typing import Any, Mapping, NamedTuple, Sequence
 
 import numpy as np
 
-from clients import contract, protos
+import contract
+from contract import protos
 
 
 class TopK(NamedTuple):

@@ -13,7 +13,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from clients import protos
+from contract import protos
 
 # numpy dtype <-> DataType name. Little-endian byte order is TF's wire format.
 _NUMERIC: dict[str, np.dtype] = {

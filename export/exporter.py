@@ -47,7 +47,7 @@ import jax
 import numpy as np
 import tensorflow as tf
 
-from clients import contract
+import contract
 from export import download, labels as labels_lib, remote, repository, signatures, warmup, zoo
 from export.checkpoint import flatten, load_checkpoint, native_image_size
 from export.configs import ViTConfig, get_config
@@ -124,7 +124,7 @@ def _jax_reference(apply_fn: Any, params: Any, images: np.ndarray) -> np.ndarray
 def verify(saved_model_dir: str | os.PathLike, apply_fn: Any, params: Any,
            image_size: int, output_key: str) -> dict[str, Any]:
   """Re-loads the SavedModel and compares every signature of the contract
-  (`clients.contract.SIGNATURES`) with the JAX model on the same images;
+  (`contract.SIGNATURES`) with the JAX model on the same images;
   returns the measured differences.
 
   A signature without preprocessing steps gets float images in [-1, 1]; the

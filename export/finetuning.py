@@ -40,7 +40,7 @@ from typing import Any, Callable
 import numpy as np
 import tensorflow as tf
 
-from clients import contract
+import contract
 from export import download, exporter, repository
 from export.finetune import Recipe
 

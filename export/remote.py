@@ -20,7 +20,7 @@ ordered so that a poll never finds a loadable but incomplete version:
 
 What a server sees, by version policy:
 
-  * `specific` (what serving/rollout.py writes): the server never looks at
+  * `specific` (what ops/rollout.py writes): the server never looks at
     `<N>/` before models.config lists N, which happens after publishing, so
     the publish is atomic for it.
   * `latest` / `all`: during step 2's copies a poll can list `<N>/` without

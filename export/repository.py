@@ -42,10 +42,10 @@ repository lies below it (else absolute), so the project can move: the
 embedded server resolves a relative base_path against its working directory
 (it runs from the project root, next to `models.config`), and the compose and
 Kubernetes deployments, where tensorflow_model_server refuses relative paths,
-serve a copy with them made absolute (serving/config/tfserving-entrypoint.sh).
+serve a copy with them made absolute (deploy/config/tfserving-entrypoint.sh).
 Existing entries (policies, labels, ...) and the file's leading comments are
 left as they are; the file is rewritten only when an entry is added, through
-`clients.model_config.update`, which serializes it with the other writer (the
+`contract.model_config.update`, which serializes it with the other writer (the
 rollout tool) and replaces the file atomically.
 """
 
@@ -60,7 +60,7 @@ import shutil
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
-from clients import model_config
+from contract import model_config
 
 _TMP_PREFIX = ".tmp-"
 MANIFEST = Path("assets.extra") / "export_manifest.json"
@@ -231,7 +231,7 @@ def base_path_for(repo: str | os.PathLike, name: str, config_path: str | os.Path
 
 def ensure_model_entry(config_path: str | os.PathLike, name: str, base_path: str) -> bool:
   """Adds a `config { name base_path model_platform }` entry for `name` unless
-  one exists (`clients.model_config.update`: serialized with other writers,
+  one exists (`contract.model_config.update`: serialized with other writers,
   atomic, comments and mode kept). Returns True when the file was written."""
 
   def add(config: Any) -> None:

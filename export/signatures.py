@@ -10,7 +10,7 @@ batch dimension is polymorphic: one graph for every batch size (each new size
 is compiled by XLA on first use, which is why exports carry warmup requests).
 
 Signatures, inputs, outputs and in-graph preprocessing are the table in
-`clients.contract` (docs/design.md, "The SavedModel contract"); this module
+`contract` (docs/design.md, "The SavedModel contract"); this module
 builds one tf.function per row, so a new row needs no code here unless it
 adds a preprocessing step (`_STEPS`):
 
@@ -57,7 +57,7 @@ import numpy as np
 import tensorflow as tf
 from jax.experimental import jax2tf
 
-from clients import contract
+import contract
 
 PLATFORMS = ("cpu", "cuda")
 

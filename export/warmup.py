@@ -7,7 +7,7 @@ XLA once per new batch size, and the first request at each size pays that
 compile, so the file holds a Predict request per batch size the server is
 expected to see on the contract's default signature (the path of
 preprocessed clients and of the A/B router), plus one small request on every
-other signature of `clients.contract.SIGNATURES` so that their own (cheap)
+other signature of `contract.SIGNATURES` so that their own (cheap)
 graphs are also built ahead of time. The images are deterministic noise;
 only shapes matter.
 """
@@ -21,7 +21,7 @@ import numpy as np
 import tensorflow as tf
 from tensorflow_serving.apis import predict_pb2, prediction_log_pb2
 
-from clients import contract
+import contract
 from export import signatures
 
 FILENAME = "tf_serving_warmup_requests"

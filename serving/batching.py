@@ -35,7 +35,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from clients import warmup as warmup_coverage
+from contract import warmup as warmup_coverage
 from serving.config import BatchingOptions
 from serving.errors import Code, ServingError, deadline_exceeded, invalid_argument, unavailable
 from serving.metrics import Metrics
@@ -48,7 +48,7 @@ log = logging.getLogger("serving")
 def warn_unwarmed(servable: Servable, options: BatchingOptions | None) -> list[int]:
   """Logs a WARNING when `options` pads batches to sizes the version's
   warmup file does not replay: XLA compiles each of them on the request
-  path, in the first batch of that size (clients/warmup.py). Returns them."""
+  path, in the first batch of that size (contract/warmup.py). Returns them."""
   if options is None:
     return []
   cold = warmup_coverage.missing(options.allowed_batch_sizes, options.execution_batch_size,

@@ -3,7 +3,7 @@
 `ModelServerConfig` ships with tensorflow-serving-api; `BatchingParameters`
 (session_bundle_config.proto) and `MonitoringConfig` (monitoring_config.proto)
 do not, so they come from the descriptor set that declares them once from TF
-Serving's .proto field lists (clients/_gen_protos.py), and are parsed with
+Serving's .proto field lists (contract/_gen_protos.py), and are parsed with
 protobuf's own text-format parser: a file written for
 tensorflow_model_server parses, and a typo fails the same way.
 """
@@ -18,11 +18,11 @@ from pathlib import Path
 from google.protobuf import text_format
 from tensorflow_serving.config import model_server_config_pb2
 
-from clients import protos
+from contract import protos
 from serving.errors import invalid_argument
 
 # Not in the tensorflow-serving-api wheel: declared once, in the descriptor
-# set clients/_gen_protos.py writes (MISSING_FROM_WHEEL).
+# set contract/_gen_protos.py writes (MISSING_FROM_WHEEL).
 BatchingParameters = protos.message_class("tensorflow.serving.BatchingParameters")
 MonitoringConfig = protos.message_class("tensorflow.serving.MonitoringConfig")
 DEFAULT_PROMETHEUS_PATH = "/monitoring/prometheus/metrics"

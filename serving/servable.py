@@ -25,7 +25,7 @@ import numpy as np
 import tensorflow as tf
 from tensorflow.core.protobuf import config_pb2, meta_graph_pb2
 
-from clients import contract
+import contract
 from serving.config import BatchingOptions, BatchingParameters, parse_text_file
 from serving.errors import Code, ServingError, from_tf_error
 

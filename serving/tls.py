@@ -23,11 +23,11 @@ import tempfile
 import grpc
 from google.protobuf import text_format
 
-from clients import protos
+from contract import protos
 
 
 # Not in the tensorflow-serving-api wheel (no ssl_config_pb2): declared once,
-# in the descriptor set clients/_gen_protos.py writes (a private pool).
+# in the descriptor set contract/_gen_protos.py writes (a private pool).
 SSLConfig = protos.message_class("tensorflow.serving.SSLConfig")
 
 

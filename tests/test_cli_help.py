@@ -21,7 +21,7 @@ from tests.support.logs import FOREIGN
 from tests.support.paths import ROOT
 
 COMMANDS = ("export", "export.zoo", "export.finetune", "export.default_model", "serving",
-            "serving.rollout", "clients", "benchmarks", "ops.tune",
+            "ops.rollout", "clients", "benchmarks", "ops.tune",
             "export.rewarm")
 HEAVY = ("tensorflow", "jax", "flax")
 

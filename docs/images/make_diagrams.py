@@ -77,7 +77,7 @@ def ab_switch(path: Path) -> None:
   _arrow(ax, (3.65, 0.6), (0.95, 0.6), "rollback (drop canary)", curve=-0.35, offset=(0, -0.72))
   _arrow(ax, (9.05, 2.1), (9.05, 2.6), "")
   ax.text(9.05, 2.65, "retire N: unloaded", ha="center", va="bottom", fontsize=8, style="italic")
-  ax.text(3.9, 2.6, "python -m serving.rollout --model M  canary | promote | rollback | retire",
+  ax.text(3.9, 2.6, "python -m ops.rollout --model M  canary | promote | rollback | retire",
           ha="center", fontsize=8.5, family="monospace")
   ax.set_xlim(-0.1, 10.1)
   ax.set_ylim(-0.3, 3.0)

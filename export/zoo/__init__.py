@@ -25,7 +25,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from clients import contract
+import contract
 from export import augreg, configs, download
 
 KINDS = contract.KINDS

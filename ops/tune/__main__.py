@@ -3,7 +3,7 @@ configurations for one model and write the best one.
 
     python -m ops.tune --model vit_digits --out DIR [--p99-ms 50]
         [--budget-s 480] [--concurrency 1,2,4,8,16,32] [--model-config models.config]
-        [--server-cmd TEMPLATE] [--shipped serving/config/batching_parameters.config]
+        [--server-cmd TEMPLATE] [--shipped deploy/config/batching_parameters.config]
 
 Writes DIR/batching_parameters.txt, DIR/report.json and DIR/report.png
 (docs/tuning.md). Exit status: 0 written; 2 bad input or nothing to report
@@ -20,7 +20,7 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-SHIPPED = ROOT / "serving" / "config" / "batching_parameters.config"
+SHIPPED = ROOT / "deploy" / "config" / "batching_parameters.config"
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -52,7 +52,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                       "docker run line, see docs/tuning.md")
   p.add_argument("--shipped", type=Path, default=SHIPPED, metavar="FILE",
                  help="the batching configuration to beat, always measured "
-                      "(default serving/config/batching_parameters.config)")
+                      "(default deploy/config/batching_parameters.config)")
   p.add_argument("--write-warmup", action="store_true",
                  help="when the served version does not warm every batch size the chosen "
                       "configuration runs, publish a copy of it as a new version that does "

@@ -25,7 +25,8 @@ import urllib.request
 from pathlib import Path
 from typing import Callable
 
-from clients import perf, prometheus
+from clients import perf
+from contract import prometheus
 from clients.errors import ClientError
 from clients.retry import NO_RETRY
 from ops.tune.search import Candidate
@@ -61,7 +62,7 @@ class Server:
 
   def __init__(self, template: str, candidate: Candidate, workdir: Path, model_config: Path,
                model: str, *, timeout: float):
-    from serving.process import free_port   # nothing TensorFlow in it
+    from ops.process import free_port   # nothing TensorFlow in it
     self.grpc_port, self.rest_port = free_port(), free_port()
     self.log_path = workdir / "server.log"
     monitoring = workdir / "monitoring.config"

@@ -25,7 +25,7 @@ from typing import Iterable, Sequence
 
 from google.protobuf import text_format
 
-from clients import protos
+from contract import protos
 
 TOLERANCE = 0.95        # a level counts as "not worse" at >= 95% of the shipped goodput
 TIMEOUTS_US = (0, 500, 1000, 2000, 5000, 10000, 20000)

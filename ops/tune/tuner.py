@@ -19,8 +19,8 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from clients import model_config as model_config_lib
-from clients import warmup as coverage
+from contract import model_config as model_config_lib
+from contract import warmup as coverage
 from ops.tune import measure, search
 from ops.tune.report import at_target
 from ops.tune.search import Candidate

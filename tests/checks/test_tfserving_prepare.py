@@ -1,7 +1,7 @@
 """The JAX-side reference of `make check-tfserving` (checks/tfserving_prepare.py).
 
 The check compares served outputs with what these functions feed the Flax
-model, so they must follow the SavedModel contract (clients/contract.py) for
+model, so they must follow the SavedModel contract (contract/__init__.py) for
 every signature: a wrong reference would fail the check for the wrong reason,
 or, worse, agree with a wrong export.
 """
@@ -15,7 +15,7 @@ import pytest
 
 from checks import tfserving_plan as plan
 from checks import tfserving_prepare as prepare
-from clients import contract
+import contract
 
 
 def test_every_signature_gets_requests_at_every_batch_size() -> None:

@@ -1,4 +1,4 @@
-"""clients.model_config: serialized writers, atomic replace, modes, comments."""
+"""contract.model_config: serialized writers, atomic replace, modes, comments."""
 
 import os
 import stat
@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from clients import model_config
+from contract import model_config
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -126,7 +126,7 @@ def test_concurrent_writers_keep_every_entry(tmp_path):
   path.write_text(CONFIG)
   script = textwrap.dedent("""
       import sys
-      from clients import model_config
+      from contract import model_config
       path, tag = sys.argv[1], sys.argv[2]
       for i in range(100):
         def edit(config, i=i):

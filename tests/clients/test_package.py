@@ -48,7 +48,7 @@ def wheel(tmp_path_factory) -> Path:
   source = tmp_path_factory.mktemp("source")
   for name in ("pyproject.toml", "README.md"):
     shutil.copy(ROOT / name, source / name)
-  for package in ("clients", "serving", "export"):
+  for package in ("clients", "contract", "serving", "export", "ops"):
     shutil.copytree(ROOT / package, source / package,
                     ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
   out = tmp_path_factory.mktemp("dist")
@@ -68,15 +68,16 @@ def server(tmp_path_factory):
   process.stop()
 
 
-def test_wheel_ships_configs_protos_and_console_scripts(wheel):
+def test_wheel_ships_protos_data_and_console_scripts(wheel):
   with zipfile.ZipFile(wheel) as z:
     names = set(z.namelist())
     scripts = z.read(next(n for n in names if n.endswith("entry_points.txt"))).decode()
     metadata = z.read(next(n for n in names if n.endswith("METADATA"))).decode()
-  assert {"clients/tf_serving_protos.binpb", "serving/config/batching_parameters.config",
-          "serving/config/monitoring.config", "export/data/imagenet2012_labels.txt"} <= names
+  assert {"contract/tf_serving_protos.binpb", "export/data/imagenet2012_labels.txt",
+          "ops/tune/__main__.py"} <= names
   for script in ("vit-client = clients.__main__:main", "vit-serving = serving.__main__:run",
-                 "vit-export = export.__main__:run", "vit-rollout = serving.rollout:main"):
+                 "vit-export = export.__main__:run", "vit-rollout = ops.rollout:main",
+                 "vit-tune = ops.tune.__main__:main"):
     assert script in scripts
   base = [line.split(":", 1)[1].strip() for line in metadata.splitlines()
           if line.startswith("Requires-Dist:") and "extra ==" not in line]

@@ -1,4 +1,4 @@
-"""clients.prometheus: the one reader of a server's Prometheus text."""
+"""contract.prometheus: the one reader of a server's Prometheus text."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from clients import prometheus
+from contract import prometheus
 
 TEXT = r"""# HELP :tensorflow:serving:request_count The total number of requests.
 # TYPE :tensorflow:serving:request_count counter

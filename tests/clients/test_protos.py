@@ -13,14 +13,15 @@ import tensorflow as tf
 from tensorflow_serving.apis import (get_model_metadata_pb2, get_model_status_pb2, model_pb2,
                                      predict_pb2)
 
-from clients import _gen_protos, protos, results, tensors
+from clients import results, tensors
+from contract import _gen_protos, protos
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_shipped_descriptor_set_matches_installed_wheels():
   assert _gen_protos.build() == _gen_protos.OUTPUT.read_bytes(), (
-      "run python -m clients._gen_protos")
+      "run python -m contract._gen_protos")
 
 
 def test_import_clients_does_not_import_tensorflow():

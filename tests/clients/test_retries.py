@@ -11,7 +11,8 @@ import grpc
 import numpy as np
 import pytest
 
-from clients import ClientError, GrpcClient, RestClient, RetryPolicy, protos
+from clients import ClientError, GrpcClient, RestClient, RetryPolicy
+from contract import protos
 from tests.support.tiny_models import free_port
 from tests.support.fake_http import FakeHttpServer
 

@@ -20,7 +20,8 @@ import grpc
 import numpy as np
 import pytest
 
-from clients import ClientError, GrpcClient, RestClient, RetryPolicy, Tls, connection, protos
+from clients import ClientError, GrpcClient, RestClient, RetryPolicy, Tls, connection
+from contract import protos
 from clients.aio import AsyncGrpcClient, AsyncRestClient
 from tests.support.pki import write_pki
 from tests.support.fake_http import FakeHttpServer

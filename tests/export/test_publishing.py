@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from clients import model_config
+from contract import model_config
 from export import __main__ as cli
 from export import exporter, remote, repository
 

@@ -28,7 +28,8 @@ import grpc
 import numpy as np
 from google.protobuf import text_format
 
-from clients import protos, tensors
+from clients import tensors
+from contract import protos
 
 MODEL = "fake"
 

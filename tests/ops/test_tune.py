@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from google.protobuf import text_format
 
-from clients import protos
+from contract import protos
 from ops.tune import report, search
 from ops.tune.tuner import Settings, Tuner
 from tests.support.paths import ROOT

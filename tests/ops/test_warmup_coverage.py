@@ -1,4 +1,4 @@
-"""The warmup coverage check (clients/warmup.py): which batch sizes a
+"""The warmup coverage check (contract/warmup.py): which batch sizes a
 version's warmup file compiles, which a batching configuration runs, the
 shipped configurations against the exports documented for them, and the
 embedded server's WARNING when a served version leaves a size cold."""
@@ -13,12 +13,12 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from clients import warmup
+from contract import warmup
 from ops.tune import search
 from tests.support import tiny_models
 from tests.support.paths import ROOT
 
-CONFIG = ROOT / "serving" / "config"
+CONFIG = ROOT / "deploy" / "config"
 
 
 def _write_warmup(path: Path, requests: list[tuple[str, int]]) -> None:
@@ -79,14 +79,14 @@ def test_shipped_configurations_are_covered_by_the_exports_made_for_them():
 
 
 def test_gpu_compose_file_and_overlay_use_the_gpu_batching_file():
-  compose = yaml.safe_load((ROOT / "serving" / "docker-compose.yml").read_text())
+  compose = yaml.safe_load((ROOT / "deploy" / "compose" / "docker-compose.yml").read_text())
   flags = compose["services"]["tfserving"]["command"]
-  assert "--batching_parameters_file=/srv/vit/serving/config/batching_parameters.gpu.config" \
+  assert "--batching_parameters_file=/srv/vit/deploy/config/batching_parameters.gpu.config" \
       in flags
   overlay = yaml.safe_load((ROOT / "deploy" / "overlays" / "gpu" / "deployment.yaml").read_text())
   env = overlay["spec"]["template"]["spec"]["containers"][0]["env"]
   assert {"name": "BATCHING_PARAMETERS_FILE",
-          "value": "/srv/vit/serving/config/batching_parameters.gpu.config"} in env
+          "value": "/srv/vit/deploy/config/batching_parameters.gpu.config"} in env
 
 
 def test_embedded_server_warns_about_cold_batch_sizes(tmp_path):

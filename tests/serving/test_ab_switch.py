@@ -25,7 +25,7 @@ import pytest
 import export
 from clients import (NO_RETRY, ClientError, GrpcClient, RestClient, RoutedClient, Router,
                      label_arms, model_config, prometheus)
-from serving.rollout import Rollout, RolloutError, compare
+from ops.rollout import Rollout, RolloutError, compare
 from tests.support.tiny_models import ServerProcess, free_port
 
 MODEL = "ab"

@@ -78,7 +78,7 @@ def test_image_is_pinned_tensorflow_serving(flavor: str) -> None:
 
 
 def test_the_version_is_set_only_in_serving_env() -> None:
-  # Compose (this file's .env), kustomize (serving/kustomization.yaml) and
+  # Compose (this file's .env), kustomize (deploy/compose/kustomization.yaml) and
   # make check-tfserving (the Makefile) all read it from there.
   version = ds.tfserving_version()
   assert re.fullmatch(r"\d+\.\d+\.\d+", version)

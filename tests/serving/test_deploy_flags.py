@@ -17,8 +17,8 @@ from tests.support import deploy as ds
 
 CONTAINER_ROOT = PurePosixPath("/srv/vit")     # where compose and k8s put the repository
 GPU_ONLY = {"xla_gpu_compilation_enabled", "per_process_gpu_memory_fraction"}
-BATCHING = {"cpu": "serving/config/batching_parameters.config",
-            "gpu": "serving/config/batching_parameters.gpu.config"}
+BATCHING = {"cpu": "deploy/config/batching_parameters.config",
+            "gpu": "deploy/config/batching_parameters.gpu.config"}
 
 
 def make_serve_flags() -> dict[str, str]:
@@ -85,7 +85,7 @@ def test_kserve_appends_the_same_flags():
   expected = compose_flags("cpu")
   for name, value in ds.parse_flags(args).items():
     if value.startswith("/etc/tfserving/"):
-      value = "serving/config/" + value.removeprefix("/etc/tfserving/")
+      value = "deploy/config/" + value.removeprefix("/etc/tfserving/")
     assert expected[name] == value, name
   assert {"xla_cpu_compilation_enabled", "enable_grpc_healthcheck_service"} <= set(
       ds.parse_flags(args))

@@ -24,7 +24,7 @@ from tests.support import deploy as ds
 
 COMPOSE = {"cpu": ds.COMPOSE_CPU, "gpu": ds.COMPOSE_GPU}
 KUSTOMIZATIONS = [ds.DEPLOY / "base", *ds.OVERLAYS.values(), ds.DEPLOY / "kserve", ds.CONFIG_DIR,
-                  ds.SERVING]
+                  ds.COMPOSE_DIR]
 
 
 def kustomization(directory: Path) -> dict[str, Any]:
@@ -119,7 +119,7 @@ def test_image_matches_the_compose_deployment(flavor: str) -> None:
 
 
 def test_the_version_source_is_not_deployed(flavor: str) -> None:
-  # serving/.env reaches kustomize as local-config ConfigMaps, dropped on ds.render.
+  # deploy/compose/.env reaches kustomize as local-config ConfigMaps, dropped on ds.render.
   names = {o["metadata"]["name"] for o in ds.render(ds.OVERLAYS[flavor])}
   assert not names & {"tfserving-version", "tfserving-image-suffix"}
 

@@ -16,7 +16,7 @@ import tensorflow as tf
 from PIL import Image
 from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
-from clients import contract
+import contract
 from tests.support import tiny_models
 from tests.support.logs import FOREIGN
 from tests.support.remote import needs_embedded

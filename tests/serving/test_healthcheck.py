@@ -1,4 +1,4 @@
-"""serving/config/healthcheck.sh --models-from, the readiness check of docker
+"""deploy/config/healthcheck.sh --models-from, the readiness check of docker
 compose and Kubernetes, against a real server: ready exactly when every model
 models.config names has an AVAILABLE version.  Runs against a real
 tensorflow_model_server too (TF_SERVING_REST, see conftest.py; the script

@@ -35,7 +35,7 @@ from tensorflow_serving.apis import (get_model_status_pb2, model_management_pb2,
                                      prediction_service_pb2_grpc)
 from tensorflow_serving.config import model_server_config_pb2
 
-from clients import prometheus
+from contract import prometheus
 from tests.support import tiny_models
 from tests.support.remote import needs_embedded
 

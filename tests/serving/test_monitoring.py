@@ -21,7 +21,7 @@ import tensorflow as tf
 import yaml
 from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
-from clients import prometheus
+from contract import prometheus
 from tests.support import deploy as ds
 from tests.support import tiny_models
 from tests.support.remote import REMOTE_GRPC, REMOTE_REST
@@ -87,8 +87,7 @@ def test_monitoring_is_an_optional_compose_profile(flavor):
 
 
 def test_kustomize_deploys_monitor_rules_and_dashboard():
-  from tests.serving.test_deploy_k8s import render
-  objects = render(MONITORING)
+  objects = ds.render(MONITORING)
   kinds = {o["kind"]: o for o in objects}
   assert set(kinds) == {"ServiceMonitor", "PrometheusRule", "ConfigMap"}
   dashboard = kinds["ConfigMap"]

@@ -1,4 +1,4 @@
-"""The rollout tool (`python -m serving.rollout`), one test per step, through
+"""The rollout tool (`python -m ops.rollout`), one test per step, through
 its command line against a real embedded server: status, canary, promote,
 rollback, retire, compare, a failed canary that changes nothing, and a server
 restarted on the models.config the tool wrote.
@@ -22,8 +22,9 @@ import pytest
 import tensorflow as tf
 from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
-from clients import GrpcClient, model_config
-from serving import rollout
+from clients import GrpcClient
+from contract import model_config
+from ops import rollout
 from tests.support import tiny_models
 from tests.support.remote import needs_embedded
 
@@ -265,7 +266,7 @@ def test_restart_serves_the_config_it_wrote(tmp_path, repository):
 def test_every_step_has_help(step):
   """Each step explains itself (that help imports nothing heavy is checked
   for every command line in tests/test_cli_help.py)."""
-  result = subprocess.run([sys.executable, "-m", "serving.rollout", step, "--help"],
+  result = subprocess.run([sys.executable, "-m", "ops.rollout", step, "--help"],
                           capture_output=True, text=True, timeout=60, cwd=tiny_models.ROOT)
   assert result.returncode == 0, result.stderr
   description = result.stdout.split("\n\n")[1]

@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 from tensorflow.core.framework import types_pb2
 
-from clients import prometheus
+from contract import prometheus
 from serving import tensors
 from serving.errors import ServingError
 from serving.metrics import Call, Metrics
-from serving.rollout import compare
+from ops.rollout import compare
 
 FLOAT = types_pb2.DT_FLOAT
 

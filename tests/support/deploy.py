@@ -20,15 +20,15 @@ import yaml
 from google.protobuf import text_format
 from tensorflow_serving.config import model_server_config_pb2
 
-from clients import protos
+from contract import protos
 
 ROOT = Path(__file__).resolve().parents[2]
-SERVING = ROOT / "serving"
-CONFIG_DIR = SERVING / "config"
 DEPLOY = ROOT / "deploy"
-COMPOSE_GPU = SERVING / "docker-compose.yml"
-COMPOSE_CPU = SERVING / "docker-compose.cpu.yml"
-SERVING_ENV = SERVING / ".env"
+COMPOSE_DIR = DEPLOY / "compose"
+CONFIG_DIR = DEPLOY / "config"
+COMPOSE_GPU = COMPOSE_DIR / "docker-compose.yml"
+COMPOSE_CPU = COMPOSE_DIR / "docker-compose.cpu.yml"
+SERVING_ENV = COMPOSE_DIR / ".env"
 DEFAULT_MODEL = "vit_digits"
 METRICS_PATH = "/monitoring/prometheus/metrics"
 
@@ -38,7 +38,7 @@ METRICS_PATH = "/monitoring/prometheus/metrics"
 # it in argv and main.cc prints "unknown argument: ..." with the usage and
 # starts anyway, so a misspelt flag silently has no effect; it must fail here. FLAGS_SINCE dates the newer ones by
 # the tensorflow/serving commit adding them: a deployment using them needs at
-# least that release (serving/.env pins the release).
+# least that release (deploy/compose/.env pins the release).
 TF_MODEL_SERVER_FLAGS = frozenset({
     "port", "grpc_socket_path", "rest_api_port", "rest_api_num_threads",
     "rest_api_timeout_in_ms", "rest_api_enable_cors_support", "enable_batching",
@@ -67,7 +67,7 @@ FLAGS_SINCE = {
 }
 
 # The pip wheel has model_server_config_pb2 but not these two messages; they
-# are declared once, in the descriptor set clients/_gen_protos.py writes.
+# are declared once, in the descriptor set contract/_gen_protos.py writes.
 # Text format matches fields by name, so a misspelt or unknown field in a
 # config file fails to parse, as it fails tensorflow_model_server's start-up.
 BatchingParameters = protos.message_class("tensorflow.serving.BatchingParameters")
@@ -115,7 +115,7 @@ _COMPOSE_VARIABLE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::([-?])([^}]*))?
 
 
 def serving_env() -> dict[str, str]:
-  """serving/.env as Docker Compose reads it (KEY=VALUE lines, # comments)."""
+  """deploy/compose/.env as Docker Compose reads it (KEY=VALUE lines, # comments)."""
   values = {}
   for line in SERVING_ENV.read_text().splitlines():
     if line.strip() and not line.lstrip().startswith("#"):
@@ -129,7 +129,7 @@ def tfserving_version() -> str:
 
 
 def compose_defaults(value: str, env: dict[str, str] | None = None) -> str:
-  """Docker Compose's interpolation with serving/.env's variables and nothing
+  """Docker Compose's interpolation with deploy/compose/.env's variables and nothing
   else set: `${VAR}`, `${VAR:-default}` and `${VAR:?error}` (which fails)."""
   env = serving_env() if env is None else env
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from tests.support.paths import ROOT
 
-PACKAGES = ("export", "serving", "clients", "benchmarks", "checks")
+PACKAGES = ("export", "serving", "clients", "contract", "ops", "benchmarks", "checks")
 """The project's top-level packages (tests/ aside)."""
 
 

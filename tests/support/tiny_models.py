@@ -5,7 +5,7 @@ depend on the exporter, and every TF Serving feature can be exercised in well
 under a second per model) and a repository of them. The clients and A/B
 tests reuse these: import them from `tests.support.tiny_models`. `free_port` and
 `ServerProcess` (start `python -m serving ...` as a real user would and wait
-for the ports it prints) live in `serving.process`, which the benchmarks use
+for the ports it prints) live in `ops.process`, which the benchmarks use
 too, and are re-exported here.
 """
 
@@ -18,7 +18,7 @@ from typing import Sequence
 
 import numpy as np
 
-from serving.process import ServerProcess, free_port  # noqa: F401  (re-exported)
+from ops.process import ServerProcess, free_port  # noqa: F401  (re-exported)
 from tests.support.paths import ROOT  # noqa: F401  (re-exported)
 
 IMAGE_SIZE = 8

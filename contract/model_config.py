@@ -18,7 +18,7 @@ user can read it. Comment lines at the top of the file are kept; comments
 inside the proto body are lost, because the file is written back from the
 parsed message (text_format has no comment-preserving writer).
 
-The messages come from `clients.protos`' descriptor set, so this module
+The messages come from `contract.protos`' descriptor set, so this module
 works wherever the clients do (the rollout tool, CI jobs, the exporter).
 """
 
@@ -33,7 +33,7 @@ from typing import Any, Callable, Iterator
 
 from google.protobuf import text_format
 
-from clients import protos
+from contract import protos
 
 ModelServerConfig = protos.message_class("tensorflow.serving.ModelServerConfig")
 

@@ -14,7 +14,7 @@ The warmup file is a TFRecord file of PredictionLog protos. TFRecord framing
 is a little-endian uint64 length, its masked CRC32C, the data and its CRC;
 the CRCs are not checked here (TF Serving checks them when it replays the
 file, and a corrupt file fails the load there). PredictionLog is not among
-the messages `clients.protos` ships, so a wire-compatible subset of it
+the messages `contract.protos` ships, so a wire-compatible subset of it
 (predict_log only) is declared here, under a package of its own so that it
 can never clash with the real one.
 """
@@ -28,7 +28,7 @@ from typing import Iterable, Iterator, Mapping
 
 from google.protobuf import descriptor_pb2, message_factory
 
-from clients import protos
+from contract import protos
 
 FILE = Path("assets.extra") / "tf_serving_warmup_requests"
 DEFAULT_SIGNATURE = "serving_default"

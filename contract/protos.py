@@ -1,7 +1,7 @@
 """TF Serving's API messages and gRPC methods, without importing TensorFlow.
 
 The messages (and grpc.health.v1's) come from `tf_serving_protos.binpb` (written by
-`clients._gen_protos` from the installed `tensorflow-serving-api` wheel) and
+`contract._gen_protos` from the installed `tensorflow-serving-api` wheel) and
 live in a private descriptor pool, so they neither need TensorFlow nor clash
 with the official classes when a caller has imported those too. On the wire
 they are the same messages: bytes written by one side parse on the other.

@@ -1,4 +1,4 @@
-"""Writes clients/tf_serving_protos.binpb: the TF Serving API protos, without TF.
+"""Writes contract/tf_serving_protos.binpb: the TF Serving API protos, without TF.
 
 The generated `tensorflow_serving.apis.*_pb2` modules import
 `tensorflow.core.*_pb2`, which imports all of TensorFlow (seconds and hundreds
@@ -6,16 +6,16 @@ of MB) just to define a handful of messages. The messages themselves are only
 descriptors, so this script (run once, where TensorFlow is installed) collects
 the FileDescriptorProtos of the services the clients call, with all their
 dependencies in dependency order, into one FileDescriptorSet that ships with
-the package. `clients.protos` loads it into a private descriptor pool.
+the package. `contract.protos` loads it into a private descriptor pool.
 
 It is also the one place that declares the messages tensorflow_model_server
 reads but the wheel does not ship (`MISSING_FROM_WHEEL`: batching, monitoring
 and SSL configs): they are written into the same file, so the embedded
-server (serving/config.py, serving/tls.py) and the deployment tests take them
-from `clients.protos` like every other message.
+server (deploy/config.py, serving/tls.py) and the deployment tests take them
+from `contract.protos` like every other message.
 
-    python -m clients._gen_protos            # rewrite the shipped file
-    python -m clients._gen_protos --check    # exit 1 if it is out of date
+    python -m contract._gen_protos            # rewrite the shipped file
+    python -m contract._gen_protos --check    # exit 1 if it is out of date
 """
 
 from __future__ import annotations
@@ -116,7 +116,7 @@ def build() -> bytes:
 
 
 def main(argv: list[str]) -> int:
-  parser = argparse.ArgumentParser(prog="python -m clients._gen_protos",
+  parser = argparse.ArgumentParser(prog="python -m contract._gen_protos",
                                    description=__doc__.splitlines()[0])
   parser.add_argument("--check", action="store_true",
                       help="compare with the shipped file instead of writing it")
@@ -125,7 +125,7 @@ def main(argv: list[str]) -> int:
   if args.check:
     current = OUTPUT.read_bytes() if OUTPUT.exists() else b""
     if current != data:
-      print(f"{OUTPUT} is out of date; run python -m clients._gen_protos", file=sys.stderr)
+      print(f"{OUTPUT} is out of date; run python -m contract._gen_protos", file=sys.stderr)
       return 1
     print(f"{OUTPUT} is up to date")
     return 0

@@ -4,7 +4,7 @@ Works the same on tensorflow/serving and on the embedded server, because it
 only uses TF Serving's own API through the client library (clients.GrpcClient):
 `ModelService.GetModelStatus` to watch versions and
 `ModelService.HandleReloadConfigRequest` to apply a new `ModelServerConfig`.
-Each step edits `models.config` through clients.model_config (the one writer
+Each step edits `models.config` through contract.model_config (the one writer
 the exporter uses too: a file lock, an atomic replace, the file's mode kept)
 and the file is written only once the server has accepted the new config, so
 a restart, or the server's own config polling, serves exactly what runs now.
@@ -39,7 +39,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
-from clients import model_config, prometheus
+from contract import model_config, prometheus
 from clients.errors import ClientError
 from clients.grpc_client import GrpcClient
 from clients.results import VersionStatus
@@ -285,7 +285,7 @@ def _print_compare(rollout: Rollout, rest: str, metrics_path: str) -> None:
 
 
 def _parser() -> argparse.ArgumentParser:
-  parser = argparse.ArgumentParser(prog="python -m serving.rollout", description=__doc__,
+  parser = argparse.ArgumentParser(prog="python -m ops.rollout", description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--server", default="127.0.0.1:8500",
                       help="the server's gRPC address (default %(default)s)")
