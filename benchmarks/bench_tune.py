@@ -22,10 +22,13 @@ Figures are this (shared, 2-core) machine's; ratios come from one run.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
 import tempfile
 import time
 from pathlib import Path
+from typing import Iterator
 
 ROOT = Path(__file__).resolve().parents[1]
 CACHE = ROOT / ".cache" / "bench_tune"
@@ -53,15 +56,24 @@ def models() -> Path:
   return config
 
 
+@contextlib.contextmanager
+def _served(config: Path, model: str) -> Iterator[Path]:
+  """The tuner's one-model models.config for `model`, removed afterwards."""
+  from ops.tune.tuner import Settings, served_model
+  path, _, _ = served_model(Settings(model=model, model_config=config, p99_ms=1e9,
+                                     levels=[1], budget_s=1))
+  try:
+    yield path
+  finally:
+    shutil.rmtree(path.parent, ignore_errors=True)
+
+
 def first_requests(config: Path, model: str) -> dict[str, float]:
   """Milliseconds of the first batch-8 (warmed), first batch-16 (cold) and
   second batch-16 request on a fresh server padding to sizes up to 32."""
   from clients import GrpcClient, perf
   from ops.tune import measure, search
-  from ops.tune.tuner import Settings, served_model
-  settings = Settings(model=model, model_config=config, p99_ms=1e9, levels=[1], budget_s=1)
-  path, _, _ = served_model(settings)
-  with tempfile.TemporaryDirectory() as workdir:
+  with _served(config, model) as path, tempfile.TemporaryDirectory() as workdir:
     server = measure.Server(measure.DEFAULT_COMMAND, search.make(32, 0, 1, 32), Path(workdir),
                             path, model, timeout=600)
     try:
@@ -83,7 +95,7 @@ def tuned_vs_shipped(config: Path, model: str) -> tuple[dict, bool, list[dict], 
   levels of the tuned and the shipped configuration measured fresh, one
   after the other (when it kept the shipped one: its second and first run)."""
   from ops.tune import measure, search
-  from ops.tune.tuner import Settings, Tuner, served_model
+  from ops.tune.tuner import Settings, Tuner
   target = TARGETS_MS[model]
   settings = Settings(model=model, model_config=config, p99_ms=target, levels=LEVELS,
                       budget_s=BUDGET_S, shipped=SHIPPED)
@@ -93,11 +105,10 @@ def tuned_vs_shipped(config: Path, model: str) -> tuple[dict, bool, list[dict], 
   tuned = shipped if kept else search.OFF if not chosen["batching"] else search.Candidate(
       chosen["max_batch_size"], chosen["batch_timeout_micros"], chosen["num_batch_threads"],
       chosen["max_enqueued_batches"], tuple(chosen["allowed_batch_sizes"]))
-  path, _, _ = served_model(settings)
   plan = measure.Plan(model, "serving_default", 1, LEVELS, 1.0, 600)
   measured = []
   for candidate in (shipped, tuned):
-    with tempfile.TemporaryDirectory() as workdir:
+    with _served(config, model) as path, tempfile.TemporaryDirectory() as workdir:
       server = measure.Server(measure.DEFAULT_COMMAND, candidate, Path(workdir), path, model,
                               timeout=600)
       try:   # every level, even past the target: the comparison is per level

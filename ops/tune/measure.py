@@ -106,7 +106,9 @@ class Server:
     return "\n".join(text[-lines:])
 
   def _wait_available(self, model: str, timeout: float) -> None:
-    """Polls the REST model status until a version is AVAILABLE."""
+    """Polls the REST model status until a version is AVAILABLE; a version
+    that ended with an error (a failed load or warmup, which the server may
+    retry for minutes) fails at once with the server's message."""
     url = f"http://{self.rest_address}/v1/models/{model}"
     deadline = time.monotonic() + timeout
     while True:
@@ -115,12 +117,16 @@ class Server:
                           f"before serving {model}: {self.command}\n{self.log_tail()}")
       try:
         with urllib.request.urlopen(url, timeout=5) as response:
-          states = [v.get("state") for v in json.loads(response.read()).get(
-              "model_version_status", [])]
-          if "AVAILABLE" in states:
-            return
+          versions = json.loads(response.read()).get("model_version_status", [])
       except (OSError, ValueError):
-        pass
+        versions = []
+      if any(v.get("state") == "AVAILABLE" for v in versions):
+        return
+      failed = [v["status"]["error_message"] for v in versions if v.get("state") == "END"
+                and (v.get("status") or {}).get("error_message")]
+      if failed:
+        raise ServerError(f"the server failed to load {model}: {failed[0]}: "
+                          f"{self.command}\n{self.log_tail()}")
       if time.monotonic() > deadline:
         raise ServerError(f"the server did not serve {model} within {timeout:.0f} s: "
                           f"{self.command}\n{self.log_tail()}")

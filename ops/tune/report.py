@@ -121,15 +121,17 @@ def plot(report: dict, path: Path) -> None:
               label="Pareto frontier (all points)")
   axes.axvline(target, color="tab:red", linestyle="--", linewidth=1,
                label=f"p99 target {target:g} ms")
-  for key, color, label in (("chosen_at_target", "tab:green", "chosen"),
-                            ("shipped_at_target", "tab:orange", "shipped")):
-    at = report.get(key)
+  for key, color, label, size in (("shipped_at_target", "tab:orange", "shipped", 16),
+                                  ("chosen_at_target", "tab:green", "chosen", 10)):
+    at = report.get(key)       # the chosen star smaller, on top: both show when they meet
     if at:
-      axes.plot([at["p99_ms"]], [at["throughput"]], "*", color=color, markersize=14,
+      axes.plot([at["p99_ms"]], [at["throughput"]], "*", color=color, markersize=size,
                 markeredgecolor="black", label=f"{label} at target (c={at['concurrency']})")
   axes.set_xscale("log")
+  configurations = len({c["candidate"]["name"] for c in report["candidates"]})
   axes.set(xlabel="p99 latency (ms, log)", ylabel="throughput (requests/s)",
-           title=f"{report['model']}: {len(report['candidates'])} batching configurations")
+           title=f"{report['model']}: {configurations} batching configurations, "
+                 f"{len(report['candidates'])} measurements")
   axes.grid(alpha=0.3, which="both")
   axes.legend(fontsize=7, loc="lower right")
   figure.tight_layout()

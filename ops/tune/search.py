@@ -15,7 +15,7 @@ A brute-force grid of the same dimensions is 100+ server starts; this is
 The score of a configuration is its goodput summed over the concurrency
 levels: at each level, the throughput if its p99 latency meets the target
 and no request failed, else 0. The rule against the shipped configuration
-is noise-aware (`not_worse`, `gains`): its two runs, one before and one
+is noise-aware (`floors`, `shortfall`): its two runs, one before and one
 after the others, bound this machine's run-to-run noise. Another
 configuration replaces it only if, at every level, it is at least the
 shipped one's worse run or within `TOLERANCE` of its better run, and its
@@ -154,10 +154,14 @@ def _index(values: Sequence[int], value: int) -> int:
   return min(range(len(values)), key=lambda i: abs(values[i] - value))
 
 
-def unique(candidates: Iterable[Candidate]) -> list[Candidate]:
+def unique(candidates: Iterable[Candidate], smallest: int = 1) -> list[Candidate]:
+  """Each configuration once, without those whose max_batch_size is under
+  `smallest`: the largest batch the served version's warmup file sends
+  (a server fails such a version's load: "Task size 4 is larger than
+  maximum input batch size 2")."""
   seen, out = set(), []
   for c in candidates:
-    if c.key not in seen:
+    if c.key not in seen and (c.off or c.max_batch_size >= smallest):
       seen.add(c.key)
       out.append(c)
   return out

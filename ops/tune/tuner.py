@@ -27,7 +27,7 @@ from ops.tune import measure, search
 from ops.tune.report import at_target
 from ops.tune.search import Candidate
 
-FINALISTS = 2          # long-rung measurements besides the shipped configuration's two
+FINALISTS = 2          # long-rung measurements reserved besides the shipped configuration's two
 GUESS_START_S = 20.0   # server start cost assumed until the first start is timed
 LONG_SHARE = 0.4       # at most this part of the budget is held back for the long rung
 COARSE_SHARE = 0.35    # the coarse set stops here, leaving the rest to refinement
@@ -166,23 +166,31 @@ class Tuner:
     if shipped is not None:    # first run at the long duration: the reference of both rungs
       tried.add(shipped.key)
       self._measure(shipped, "long")
-    for candidate in search.coarse(cmax):
+    # no candidate the served version's warmup file would fail to load with
+    smallest = max((b for sizes in coverage.warmed_batch_sizes(self.version_dir).values()
+                    for b in sizes), default=1)
+    for candidate in search.unique(search.coarse(cmax), smallest):
       if candidate.key not in tried and (not self.results or (
           self._used() < COARSE_SHARE * self.s.budget_s and self._fits("short", reserve()))):
         short(candidate)
     while self._ranking():     # refine around the leader until it stops changing
       leader = self._ranking()[0].candidate
-      fresh = [c for c in search.neighbours(leader, cmax) if c.key not in tried]
+      fresh = [c for c in search.unique(search.neighbours(leader, cmax), smallest)
+               if c.key not in tried]
       for candidate in fresh:
         if self._fits("short", reserve()):
           short(candidate)
       if not fresh or self._ranking()[0].candidate.key == leader.key \
           or not self._fits("short", reserve()):
         break
+    # the best FINALISTS at least (their time was reserved), more while the
+    # budget lasts (refinement may converge early); each is held to the
+    # shipped runs by the noise rule, so a lucky short run cannot win alone
     finalists = [r.candidate for r in self._ranking() if r.candidate.source != "shipped"]
-    for candidate in finalists[:FINALISTS]:
-      if self._fits("long", long_cost() if shipped is not None else 0.0):
-        self._measure(candidate, "long")
+    for candidate in finalists:
+      if not self._fits("long", long_cost() if shipped is not None else 0.0):
+        break
+      self._measure(candidate, "long")
     if shipped is not None and self._fits("long"):   # its second run bounds the noise
       self._measure(shipped, "long")
 
