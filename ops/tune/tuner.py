@@ -195,9 +195,19 @@ class Tuner:
       self._measure(shipped, "long")
 
   def _ranking(self) -> list[Result]:
-    """Every measurement so far (the shipped configuration's long run included), best first."""
+    """Every measurement so far (the shipped configuration's runs included),
+    best first: those the choice rule would let replace the shipped
+    configuration on these figures, then by score. A high score bought by
+    falling short at one level can never be chosen, so it must not take a
+    finalist's place or steer the refinement."""
     results = [r for r in self.results if r.levels]
-    return sorted(results, key=lambda r: search.score(r.levels, self.s.p99_ms), reverse=True)
+    shipped = [r.levels for r in results if r.candidate.source == "shipped"]
+
+    def key(r: Result) -> tuple[bool, float]:
+      return (r.candidate.source == "shipped"
+              or search.shortfall(r.levels, shipped, self.s.p99_ms) is None,
+              search.score(r.levels, self.s.p99_ms))
+    return sorted(results, key=key, reverse=True)
 
   def run(self) -> dict:
     if self.s.budget_s < self.minimum_budget():

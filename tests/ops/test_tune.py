@@ -137,6 +137,18 @@ def test_server_that_fails_to_start_shows_its_log_tail(tmp_path, repo):
   assert not out.exists()
 
 
+def test_a_failed_load_is_reported_at_once_with_the_servers_message(tmp_path, repo):
+  """A server that keeps running but reports the version END with an error
+  (TF Serving retries such loads for minutes) fails the start with its message."""
+  out = tmp_path / "out"
+  done = tune("--model", "fake", "--model-config", str(repo), "--out", str(out),
+              "--server-cmd", FAKE + " --load_error='Task size 4 is larger than maximum'",
+              "--budget-s", "30", "--start-timeout-s", "120")
+  line = _one_error_line(done)
+  assert "failed to load fake: Task size 4 is larger than maximum" in line
+  assert not out.exists()
+
+
 def test_unmeetable_target_says_so_and_shows_the_closest(tmp_path, repo, shipped):
   out = tmp_path / "out"
   done = tune("--model", "fake", "--model-config", str(repo), "--out", str(out),
@@ -223,6 +235,14 @@ def test_when_every_long_result_misses_the_target_the_short_rung_decides():
   long_ok = Result(short_other.candidate, "long", _levels((1, 90, 20), (8, 250, 45)))
   assert decide([shipped_long, short_best, long_ok], 50)[:2] == (long_ok, "long")
   assert decide([shipped_long, long_slow], 50) is None
+
+
+def test_no_candidate_is_smaller_than_the_versions_warmup_batches():
+  """A version warming batches of 8 fails to load under max_batch_size 4."""
+  kept = search.unique([*search.coarse(32), *search.neighbours(search.make(8, 0, 1, 32), 32)],
+                       smallest=8)
+  assert search.OFF in kept and min(c.max_batch_size for c in kept if not c.off) == 8
+  assert any(c.max_batch_size == 4 for c in search.coarse(32))     # what was dropped
 
 
 def test_neighbours_change_one_dimension_at_a_time():
