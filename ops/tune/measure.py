@@ -17,6 +17,7 @@ import json
 import os
 import shlex
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -56,13 +57,20 @@ def check_template(template: str) -> None:
     raise ValueError(f"--server-cmd must contain {', '.join('{' + p + '}' for p in sorted(needed))}")
 
 
+def _free_port() -> int:
+  """A TCP port on 127.0.0.1 that was free a moment ago (ops/ imports
+  nothing from serving/: the tuner runs where only a client is installed)."""
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
+
+
 class Server:
   """The command for one candidate, running until `stop`."""
 
   def __init__(self, template: str, candidate: Candidate, workdir: Path, model_config: Path,
                model: str, *, timeout: float):
-    from serving.process import free_port   # nothing TensorFlow in it
-    self.grpc_port, self.rest_port = free_port(), free_port()
+    self.grpc_port, self.rest_port = _free_port(), _free_port()
     self.log_path = workdir / "server.log"
     monitoring = workdir / "monitoring.config"
     monitoring.write_text(f'prometheus_config {{ enable: true path: "{prometheus.DEFAULT_PATH}" }}\n')
