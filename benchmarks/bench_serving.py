@@ -51,6 +51,7 @@ from typing import Callable
 import numpy as np
 
 import contract
+from benchmarks.exports import export_random
 from contract import prometheus
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -71,40 +72,15 @@ ROUND_SECONDS = 4.0
 DIGITS_ROUNDS = 3
 
 
-def _export_random(name: str, cfg: export.ViTConfig, size: int,
-                   warmup_batch_sizes: tuple[int, ...]) -> Path:
-  """<cache>/<name> holding version 1 of `cfg` with seeded random weights."""
-  base = CACHE / name
-  if (base / "1" / "saved_model.pb").exists():
-    return base
-  import jax
-  import jax.numpy as jnp
-  import export
-  from export.exporter import export_checkpoint
-  model = export.build_model(cfg)
-  shapes = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0),
-                                             jnp.zeros((1, size, size, 3)), train=False))
-  rng = np.random.default_rng(0)
-  params = jax.tree_util.tree_map(
-      lambda s: (rng.normal(size=s.shape) * 0.02).astype(np.float32), shapes["params"])
-  CACHE.mkdir(parents=True, exist_ok=True)
-  with tempfile.TemporaryDirectory(dir=CACHE) as tmp:
-    checkpoint = Path(tmp) / f"{name}_random.npz"
-    export.save_checkpoint(params, checkpoint)
-    export_checkpoint(str(checkpoint), name, CACHE, config=cfg, image_size=size,
-                      model_config_file=None, warmup_batch_sizes=warmup_batch_sizes, version=1)
-  return base
-
-
 def export_b16() -> Path:
   import export
-  return _export_random(NAME, export.get_config("B/16") | {"num_classes": 1000}, 224,
-                        (1, BATCH))
+  return export_random(NAME, export.get_config("B/16") | {"num_classes": 1000}, 224,
+                       (1, BATCH), CACHE)
 
 
 def export_digits() -> Path:
   from export.digits import CONFIG
-  return _export_random(DIGITS, CONFIG, DIGITS_SIZE, DIGITS_BATCH_SIZES)
+  return export_random(DIGITS, CONFIG, DIGITS_SIZE, DIGITS_BATCH_SIZES, CACHE)
 
 
 def _start(name: str, base: Path, extra: list[str], tmp: Path):

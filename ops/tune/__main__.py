@@ -51,7 +51,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                       "(default: the embedded server); e.g. tensorflow_model_server or a "
                       "docker run line, see docs/tuning.md")
   p.add_argument("--shipped", type=Path, default=SHIPPED, metavar="FILE",
-                 help="the batching configuration to beat, always measured "
+                 help="the batching configuration to beat, measured first and last: "
+                      "another replaces it only by more than its run-to-run noise "
                       "(default deploy/config/batching_parameters.config)")
   p.add_argument("--write-warmup", action="store_true",
                  help="when the served version does not warm every batch size the chosen "

@@ -26,9 +26,10 @@ from pathlib import Path
 from typing import Callable
 
 from clients import perf
-from contract import prometheus
 from clients.errors import ClientError
 from clients.retry import NO_RETRY
+from contract import prometheus
+from ops.process import free_port
 from ops.tune.search import Candidate
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -62,7 +63,6 @@ class Server:
 
   def __init__(self, template: str, candidate: Candidate, workdir: Path, model_config: Path,
                model: str, *, timeout: float):
-    from ops.process import free_port   # nothing TensorFlow in it
     self.grpc_port, self.rest_port = free_port(), free_port()
     self.log_path = workdir / "server.log"
     monitoring = workdir / "monitoring.config"
@@ -107,7 +107,9 @@ class Server:
     return "\n".join(text[-lines:])
 
   def _wait_available(self, model: str, timeout: float) -> None:
-    """Polls the REST model status until a version is AVAILABLE."""
+    """Polls the REST model status until a version is AVAILABLE; a version
+    that ended with an error (a failed load or warmup, which the server may
+    retry for minutes) fails at once with the server's message."""
     url = f"http://{self.rest_address}/v1/models/{model}"
     deadline = time.monotonic() + timeout
     while True:
@@ -116,12 +118,16 @@ class Server:
                           f"before serving {model}: {self.command}\n{self.log_tail()}")
       try:
         with urllib.request.urlopen(url, timeout=5) as response:
-          states = [v.get("state") for v in json.loads(response.read()).get(
-              "model_version_status", [])]
-          if "AVAILABLE" in states:
-            return
+          versions = json.loads(response.read()).get("model_version_status", [])
       except (OSError, ValueError):
-        pass
+        versions = []
+      if any(v.get("state") == "AVAILABLE" for v in versions):
+        return
+      failed = [v["status"]["error_message"] for v in versions if v.get("state") == "END"
+                and (v.get("status") or {}).get("error_message")]
+      if failed:
+        raise ServerError(f"the server failed to load {model}: {failed[0]}: "
+                          f"{self.command}\n{self.log_tail()}")
       if time.monotonic() > deadline:
         raise ServerError(f"the server did not serve {model} within {timeout:.0f} s: "
                           f"{self.command}\n{self.log_tail()}")

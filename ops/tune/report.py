@@ -84,26 +84,31 @@ def plot(report: dict, path: Path) -> None:
   target = report["target"]["p99_ms"]
   figure, axes = pyplot.subplots(figsize=(7.5, 4.6))
   points = []
-  short_labelled = long_labelled = False
+  labelled: set[str] = set()       # each legend entry once
+
+  def label(text: str) -> str | None:
+    if text in labelled:
+      return None
+    labelled.add(text)
+    return text
+
   for result in report["candidates"]:
     levels = result["levels"]
     if not levels:
       continue
     xs, ys = [lv["p99_ms"] for lv in levels], [lv["throughput"] for lv in levels]
     points += zip(xs, ys)
-    if result["rung"] != report["decided_on"]:       # the short rung: points only
-      axes.plot(xs, ys, ".", color="grey", alpha=0.5,
-                label=None if short_labelled else "short measurements")
-      short_labelled = True
+    shipped = result["candidate"]["source"] == "shipped"
+    if result["rung"] != report["decided_on"] and not shipped:   # not chosen from: points
+      axes.plot(xs, ys, ".", color="grey", alpha=0.5, label=label("short measurements"))
       continue
-    style = {"linewidth": 0.9, "alpha": 0.6, "marker": "o", "markersize": 3, "color": "grey",
-             "label": None if long_labelled else "final measurements"}
-    long_labelled = long_labelled or not (result["chosen"]
-                                          or result["candidate"]["source"] == "shipped")
-    if result["candidate"]["source"] == "shipped":
-      style.update(color="tab:orange", alpha=0.9, label="shipped")
+    style = {"linewidth": 0.9, "alpha": 0.6, "marker": "o", "markersize": 3, "color": "grey"}
     if result["chosen"]:
-      style.update(color="tab:green", alpha=1.0, linewidth=1.8, label="chosen")
+      style.update(color="tab:green", alpha=1.0, linewidth=1.8, label=label("chosen"))
+    elif shipped:
+      style.update(color="tab:orange", alpha=0.9, label=label("shipped (each run)"))
+    else:
+      style.update(label=label("final measurements"))
     axes.plot(xs, ys, **style)
   frontier, best = [], 0.0
   for x, y in sorted(points):
@@ -116,15 +121,17 @@ def plot(report: dict, path: Path) -> None:
               label="Pareto frontier (all points)")
   axes.axvline(target, color="tab:red", linestyle="--", linewidth=1,
                label=f"p99 target {target:g} ms")
-  for key, color, label in (("chosen_at_target", "tab:green", "chosen"),
-                            ("shipped_at_target", "tab:orange", "shipped")):
-    at = report.get(key)
+  for key, color, label, size in (("shipped_at_target", "tab:orange", "shipped", 16),
+                                  ("chosen_at_target", "tab:green", "chosen", 10)):
+    at = report.get(key)       # the chosen star smaller, on top: both show when they meet
     if at:
-      axes.plot([at["p99_ms"]], [at["throughput"]], "*", color=color, markersize=14,
+      axes.plot([at["p99_ms"]], [at["throughput"]], "*", color=color, markersize=size,
                 markeredgecolor="black", label=f"{label} at target (c={at['concurrency']})")
   axes.set_xscale("log")
+  configurations = len({c["candidate"]["name"] for c in report["candidates"]})
   axes.set(xlabel="p99 latency (ms, log)", ylabel="throughput (requests/s)",
-           title=f"{report['model']}: {len(report['candidates'])} batching configurations")
+           title=f"{report['model']}: {configurations} batching configurations, "
+                 f"{len(report['candidates'])} measurements")
   axes.grid(alpha=0.3, which="both")
   axes.legend(fontsize=7, loc="lower right")
   figure.tight_layout()

@@ -1,20 +1,27 @@
 """What the tuner tries, in which order, and how it picks: successive halving
 over batching configurations, with a refinement step around the leader.
 
-Every configuration is first measured briefly (the "short" rung): the coarse
-set spans the dimensions that matter most (batching off, the largest batch,
-the timeout), then the neighbours of the best one found so far are tried,
-one dimension changed at a time. The best few of the short rung, plus the
-shipped configuration, are measured again for longer (the "long" rung) and
-the choice is made from those figures only. A brute-force grid of the same
-dimensions is 100+ server starts; this is 10 to 20.
+The shipped configuration is measured first, at the long rung's duration
+(its figures serve both rungs, so it costs one server start, not two).
+Every other configuration is first measured briefly (the "short" rung):
+the coarse set spans the dimensions that matter most (batching off, the
+largest batch, the timeout), then the neighbours of the best one found so
+far are tried, one dimension changed at a time. The best few of the short
+rung are measured again for longer (the "long" rung), then the shipped
+configuration once more, and the choice is made from those figures only.
+A brute-force grid of the same dimensions is 100+ server starts; this is
+10 to 20.
 
 The score of a configuration is its goodput summed over the concurrency
 levels: at each level, the throughput if its p99 latency meets the target
-and no request failed, else 0. A configuration is chosen only if it is at
-least the shipped one (within `TOLERANCE`, the run-to-run noise) at every
-level measured, so the tuner's answer can never be worse than what ships:
-when nothing beats it, the shipped configuration is the answer.
+and no request failed, else 0. The rule against the shipped configuration
+is noise-aware (`floors`, `shortfall`): its two runs, one before and one
+after the others, bound this machine's run-to-run noise. Another
+configuration replaces it only if, at every level, it is at least the
+shipped one's worse run or within `TOLERANCE` of its better run, and its
+score beats the better run's by `GAIN`: a difference smaller than the
+shipped configuration's own spread is not a gain, and the tuner's answer
+is then the shipped configuration.
 """
 
 from __future__ import annotations
@@ -27,7 +34,8 @@ from google.protobuf import text_format
 
 from contract import protos
 
-TOLERANCE = 0.95        # a level counts as "not worse" at >= 95% of the shipped goodput
+TOLERANCE = 0.95   # a level is "not worse" at >= 95% of the shipped configuration's better run
+GAIN = 1.05        # a replacement must score 5% above the shipped configuration's better run
 TIMEOUTS_US = (0, 500, 1000, 2000, 5000, 10000, 20000)
 THREADS = (1, 2, 4, 8)
 
@@ -115,14 +123,13 @@ def read_batching_file(path: str | Path, source: str = "shipped") -> Candidate:
 COARSE = ((32, 2000), (8, 0), (16, 2000), (32, 0), (16, 0), (8, 2000), (4, 0), (4, 2000))
 
 
-def coarse(max_concurrency: int, shipped: Candidate | None) -> list[Candidate]:
-  """The first rung in the order it is measured: the shipped configuration,
-  no batching, then COARSE (batch sizes up to the largest concurrency)."""
+def coarse(max_concurrency: int) -> list[Candidate]:
+  """The coarse set in the order it is measured: no batching, then COARSE
+  (batch sizes up to the largest concurrency)."""
   limit = max(max_concurrency, 2)
-  found = [c for c in (shipped, OFF) if c is not None]
-  found += [make(size, timeout, 2, max_concurrency) for size, timeout in COARSE
-            if size <= limit] or [make(2, 0, 2, max_concurrency)]
-  return unique(found)
+  found = [OFF] + [make(size, timeout, 2, max_concurrency) for size, timeout in COARSE
+                   if size <= limit]
+  return unique(found if len(found) > 1 else found + [make(2, 0, 2, max_concurrency)])
 
 
 def neighbours(best: Candidate, max_concurrency: int) -> list[Candidate]:
@@ -147,10 +154,14 @@ def _index(values: Sequence[int], value: int) -> int:
   return min(range(len(values)), key=lambda i: abs(values[i] - value))
 
 
-def unique(candidates: Iterable[Candidate]) -> list[Candidate]:
+def unique(candidates: Iterable[Candidate], smallest: int = 1) -> list[Candidate]:
+  """Each configuration once, without those whose max_batch_size is under
+  `smallest`: the largest batch the served version's warmup file sends
+  (a server fails such a version's load: "Task size 4 is larger than
+  maximum input batch size 2")."""
   seen, out = set(), []
   for c in candidates:
-    if c.key not in seen:
+    if c.key not in seen and (c.off or c.max_batch_size >= smallest):
       seen.add(c.key)
       out.append(c)
   return out
@@ -167,22 +178,45 @@ def score(levels: Sequence[dict], p99_ms: float) -> float:
   return sum(goodput(levels, p99_ms).values())
 
 
-def not_worse(levels: Sequence[dict], reference: Sequence[dict], p99_ms: float) -> bool:
-  """At every level `reference` meets the target, `levels` has at least
-  TOLERANCE of its goodput."""
-  mine, theirs = goodput(levels, p99_ms), goodput(reference, p99_ms)
-  return all(mine.get(c, 0.0) >= TOLERANCE * g for c, g in theirs.items())
+def floors(references: Sequence[Sequence[dict]], p99_ms: float) -> dict[int, float]:
+  """concurrency -> the goodput another configuration must reach there: the
+  shipped configuration's worse run, or TOLERANCE of its better run when the
+  runs agree more closely than that (with one run: TOLERANCE of it). Levels
+  where no reference run meets the target ask for nothing."""
+  runs = [goodput(r, p99_ms) for r in references]
+  levels = sorted({c for run in runs for c in run})
+  return {c: min(TOLERANCE * max(g), min(g))
+          for c in levels if max(g := [run.get(c, 0.0) for run in runs]) > 0}
 
 
-def choose(results: Sequence[tuple[Candidate, list[dict]]], p99_ms: float,
-           reference: list[dict] | None) -> tuple[Candidate, list[dict]] | None:
-  """The highest-scoring result not worse than `reference` at any level (all
-  results when there is no reference); None when none meets the target.
-  `reference` is one of `results` (the tuner measures the shipped
-  configuration in every rung), so when it meets the target somewhere it is
-  itself eligible, and None means that nothing meets the target."""
-  eligible = [r for r in results if score(r[1], p99_ms) > 0
-              and (reference is None or not_worse(r[1], reference, p99_ms))]
-  if not eligible:
-    return None
-  return max(eligible, key=lambda r: score(r[1], p99_ms))
+def shortfall(levels: Sequence[dict], references: Sequence[Sequence[dict]],
+              p99_ms: float) -> str | None:
+  """Why `levels` may not replace the reference (None when it may): the
+  first level under its floor, or a total gain under GAIN."""
+  mine = goodput(levels, p99_ms)
+  for c, floor in floors(references, p99_ms).items():
+    if mine.get(c, 0.0) < floor:
+      return (f"at c={c} it gives {mine.get(c, 0.0):.1f} req/s at the target, under the "
+              f"shipped configuration's {floor:.1f}")
+  best = max((score(r, p99_ms) for r in references), default=0.0)
+  if score(levels, p99_ms) < GAIN * best:
+    return (f"its summed goodput {score(levels, p99_ms):.0f} req/s is not {GAIN:.2f}x the "
+            f"shipped configuration's {best:.0f} (within its noise)")
+  return None
+
+
+def choose(results: Sequence[tuple[Candidate, list[dict]]],
+           p99_ms: float) -> tuple[Candidate, list[dict]] | None:
+  """The highest-scoring result that may replace the shipped configuration
+  (`shortfall` is None against the shipped runs among `results`); else the
+  shipped configuration's better run, when it meets the target somewhere.
+  Without a shipped run the highest score wins. None when nothing eligible
+  meets the target."""
+  shipped = [r for r in results if r[0].source == "shipped"]
+  references = [levels for _, levels in shipped]
+  others = [r for r in results if r[0].source != "shipped" and score(r[1], p99_ms) > 0
+            and shortfall(r[1], references, p99_ms) is None]
+  if others:
+    return max(others, key=lambda r: score(r[1], p99_ms))
+  best = max(shipped, key=lambda r: score(r[1], p99_ms), default=None)
+  return best if best is not None and score(best[1], p99_ms) > 0 else None

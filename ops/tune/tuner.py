@@ -4,7 +4,9 @@
 Time is the budget: every server start and every measured second counts,
 and the plan is made from what the first server start really cost. The
 long rung is reserved first, so the short rungs never eat the time the
-final comparison needs. Ctrl-C ends the search at once; what was measured
+final comparison needs; the shipped configuration's second run is
+reserved before the finalists, so the noise rule (ops.tune.search) always
+has both of its runs when the budget allows one. Ctrl-C ends the search at once; what was measured
 until then (completed levels of the current candidate included) is reported
 and the choice is made from it.
 """
@@ -25,7 +27,7 @@ from ops.tune import measure, search
 from ops.tune.report import at_target
 from ops.tune.search import Candidate
 
-FINALISTS = 3          # long-rung measurements besides the shipped configuration
+FINALISTS = 2          # long-rung measurements reserved besides the shipped configuration's two
 GUESS_START_S = 20.0   # server start cost assumed until the first start is timed
 LONG_SHARE = 0.4       # at most this part of the budget is held back for the long rung
 COARSE_SHARE = 0.35    # the coarse set stops here, leaving the rest to refinement
@@ -149,39 +151,63 @@ class Tuner:
 
   def _search(self, shipped: Candidate | None) -> None:
     cmax = max(self.s.levels)
-    def reserve() -> float:      # the long rung's share: all finalists, or 40% of the budget
-      return min((FINALISTS + (shipped is not None)) * self._cost(self.s.long_s),
-                 LONG_SHARE * self.s.budget_s)
+
+    def long_cost() -> float:    # a function: the start costs it counts change as it runs
+      return self._cost(self.s.long_s)
+
+    def reserve() -> float:      # the long rung's share: all of it, or 40% of the budget
+      return min((FINALISTS + (shipped is not None)) * long_cost(), LONG_SHARE * self.s.budget_s)
     tried: set[tuple] = set()
 
     def short(candidate: Candidate) -> None:
       tried.add(candidate.key)
       self._measure(candidate, "short")
 
-    for candidate in search.coarse(cmax, shipped):   # the first one always
-      if not self.results or (self._used() < COARSE_SHARE * self.s.budget_s
-                              and self._fits("short", reserve())):
+    if shipped is not None:    # first run at the long duration: the reference of both rungs
+      tried.add(shipped.key)
+      self._measure(shipped, "long")
+    # no candidate the served version's warmup file would fail to load with
+    smallest = max((b for sizes in coverage.warmed_batch_sizes(self.version_dir).values()
+                    for b in sizes), default=1)
+    for candidate in search.unique(search.coarse(cmax), smallest):
+      if candidate.key not in tried and (not self.results or (
+          self._used() < COARSE_SHARE * self.s.budget_s and self._fits("short", reserve()))):
         short(candidate)
-    while self._ranking("short"):   # refine around the leader until it stops changing
-      leader = self._ranking("short")[0].candidate
-      fresh = [c for c in search.neighbours(leader, cmax) if c.key not in tried]
+    while self._ranking():     # refine around the leader until it stops changing
+      leader = self._ranking()[0].candidate
+      fresh = [c for c in search.unique(search.neighbours(leader, cmax), smallest)
+               if c.key not in tried]
       for candidate in fresh:
         if self._fits("short", reserve()):
           short(candidate)
-      if not fresh or self._ranking("short")[0].candidate.key == leader.key \
+      if not fresh or self._ranking()[0].candidate.key == leader.key \
           or not self._fits("short", reserve()):
         break
-    ranked = [r.candidate for r in self._ranking("short")]
-    # the shipped configuration first: the reference the choice is held to is
-    # then always measured in the rung the choice is made from
-    finalists = ([shipped] if shipped is not None else []) + ranked[:FINALISTS]
-    for candidate in search.unique(finalists):
-      if self._fits("long"):
-        self._measure(candidate, "long")
+    # the best FINALISTS at least (their time was reserved), more while the
+    # budget lasts (refinement may converge early); each is held to the
+    # shipped runs by the noise rule, so a lucky short run cannot win alone
+    finalists = [r.candidate for r in self._ranking() if r.candidate.source != "shipped"]
+    for candidate in finalists:
+      if not self._fits("long", long_cost() if shipped is not None else 0.0):
+        break
+      self._measure(candidate, "long")
+    if shipped is not None and self._fits("long"):   # its second run bounds the noise
+      self._measure(shipped, "long")
 
-  def _ranking(self, rung: str) -> list[Result]:
-    results = [r for r in self.results if r.rung == rung and r.levels]
-    return sorted(results, key=lambda r: search.score(r.levels, self.s.p99_ms), reverse=True)
+  def _ranking(self) -> list[Result]:
+    """Every measurement so far (the shipped configuration's runs included),
+    best first: those the choice rule would let replace the shipped
+    configuration on these figures, then by score. A high score bought by
+    falling short at one level can never be chosen, so it must not take a
+    finalist's place or steer the refinement."""
+    results = [r for r in self.results if r.levels]
+    shipped = [r.levels for r in results if r.candidate.source == "shipped"]
+
+    def key(r: Result) -> tuple[bool, float]:
+      return (r.candidate.source == "shipped"
+              or search.shortfall(r.levels, shipped, self.s.p99_ms) is None,
+              search.score(r.levels, self.s.p99_ms))
+    return sorted(results, key=key, reverse=True)
 
   def run(self) -> dict:
     if self.s.budget_s < self.minimum_budget():
@@ -213,24 +239,18 @@ class Tuner:
                       f"(a server start took {max(self.start_costs, default=0):.0f} s); "
                       "give a larger budget" if not self.interrupted
                       else "interrupted before any configuration was measured")
-    # the long rung decides; when noise made all of it miss the target, the short one
-    for rung in ("long", "short"):
-      pool = [r for r in measured if r.rung == rung]
-      reference = next((r.levels for r in pool
-                        if shipped is not None and r.candidate.key == shipped.key), None)
-      picked = search.choose([(r.candidate, r.levels) for r in pool], self.s.p99_ms, reference)
-      if picked is not None:
-        break
-    if picked is None:
+    decided = decide(measured, self.s.p99_ms)
+    if decided is None:
       closest = min(((r, lv) for r in measured for lv in r.levels), key=lambda x: x[1]["p99_ms"])
       raise TuneError(
           f"no configuration meets p99 <= {self.s.p99_ms:g} ms at any concurrency in "
           f"{self.s.levels[0]}..{self.s.levels[-1]}; closest: {closest[0].candidate.name} "
           f"at c={closest[1]['concurrency']}: p99 {closest[1]['p99_ms']:.1f} ms, "
           f"{closest[1]['throughput']:.1f} req/s")
-    chosen = next(r for r in pool if r.candidate.key == picked[0].key)
-    shipped_result = next((r for r in pool if shipped is not None
-                           and r.candidate.key == shipped.key), None)
+    chosen, rung, pool = decided
+    shipped_runs = [r for r in pool if r.candidate.source == "shipped"]
+    shipped_result = max(shipped_runs, key=lambda r: search.score(r.levels, self.s.p99_ms),
+                         default=None)
     warmed = sorted(coverage.warmed_batch_sizes(self.version_dir).get(self.s.signature, ()))
     needs = [] if chosen.candidate.off else coverage.required_batch_sizes(
         chosen.candidate.allowed_batch_sizes, chosen.candidate.max_batch_size)
@@ -250,6 +270,7 @@ class Tuner:
         "shipped": shipped.as_dict() if shipped else None,
         "shipped_at_target": at_target(shipped_result.levels, self.s.p99_ms)
         if shipped_result else None,
+        "shipped_runs": len(shipped_runs),
         "why": why(chosen, pool, self.s.p99_ms),
         "warmup": {"needs": needs, "warmed": warmed,
                    "missing": [b for b in needs if b not in warmed]},
@@ -261,9 +282,25 @@ class Tuner:
     }
 
 
+def decide(results: list[Result], p99_ms: float) -> tuple[Result, str, list[Result]] | None:
+  """The chosen result, the rung decided on and the pool chosen from. The
+  long rung decides; when every long result missed the target (the
+  machine's load changed meanwhile), the short rung, still held to the
+  shipped configuration's runs. None when nothing meets the target."""
+  for rung in ("long", "short"):
+    pool = [r for r in results if r.levels and (r.rung == rung
+                                                or r.candidate.source == "shipped")]
+    picked = search.choose([(r.candidate, r.levels) for r in pool], p99_ms)
+    if picked is not None:
+      return next(r for r in pool if r.levels is picked[1]), rung, pool
+  return None
+
+
 def why(chosen: Result, pool: list[Result], p99_ms: float) -> str:
   """One sentence from the server's own batching metrics at the chosen
-  configuration's best level, against batching off or the runner-up."""
+  configuration's best level, and against the shipped configuration: why
+  the best other configuration may not replace it, or by how much the
+  chosen one beats it."""
   best = at_target(chosen.levels, p99_ms)
   level = next(lv for lv in chosen.levels if lv["concurrency"] == best["concurrency"])
   parts = [f"at concurrency {best['concurrency']} it serves {best['throughput']:.1f} req/s "
@@ -275,12 +312,25 @@ def why(chosen: Result, pool: list[Result], p99_ms: float) -> str:
                  f"{level['mean_queueing_ms']:.2f} ms of queueing")
   elif chosen.candidate.off:
     parts.append("without batching every request runs alone, with no queueing delay")
-  others = sorted((r for r in pool if r is not chosen),
-                  key=lambda r: search.score(r.levels, p99_ms), reverse=True)
-  if others:
-    other = others[0]
-    g = search.goodput(other.levels, p99_ms).get(best["concurrency"], 0.0)
-    parts.append(f"the runner-up ({other.candidate.name}) gives {g:.1f} req/s at that level, "
-                 f"{best['throughput'] / g:.2f}x less" if g else
-                 f"the runner-up ({other.candidate.name}) misses the target at that level")
+
+  def score(result: Result) -> float:
+    return search.score(result.levels, p99_ms)
+  shipped = [r for r in pool if r.candidate.source == "shipped"]
+  others = sorted((r for r in pool if r.candidate.source != "shipped" and r is not chosen),
+                  key=score, reverse=True)
+  if chosen.candidate.source == "shipped":
+    if others:
+      reason = search.shortfall(others[0].levels, [r.levels for r in shipped], p99_ms)
+      parts.append(f"the shipped configuration stays ({len(shipped)} run(s)): the best other, "
+                   f"{others[0].candidate.name}, may not replace it: "
+                   f"{reason or 'it misses the target'}")
+  elif shipped:
+    parts.append(f"its summed goodput is {score(chosen) / max(map(score, shipped)):.2f}x the "
+                 f"shipped configuration's better of {len(shipped)} run(s), and at least "
+                 "its floor at every level")
+  elif others:
+    g = search.goodput(others[0].levels, p99_ms).get(best["concurrency"], 0.0)
+    parts.append(f"the runner-up ({others[0].candidate.name}) gives {g:.1f} req/s at that "
+                 f"level, {best['throughput'] / g:.2f}x less" if g else
+                 f"the runner-up ({others[0].candidate.name}) misses the target at that level")
   return "; ".join(parts) + "."

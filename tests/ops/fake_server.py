@@ -1,6 +1,7 @@
 """A fast stand-in for a TF Serving server, for the tuner's search tests:
 `python -m tests.ops.fake_server --port=P --rest_api_port=R
-[--enable_batching=true --batching_parameters_file=F] [--fixed_ms=4 --per_item_ms=0.1]`.
+[--enable_batching=true --batching_parameters_file=F] [--fixed_ms=4 --per_item_ms=0.1]
+[--load_error=MESSAGE]`.
 
 It starts in a fraction of a second (no TensorFlow), takes
 tensorflow_model_server's flags, and answers what the tuner uses: gRPC
@@ -119,6 +120,7 @@ def main() -> None:
   p.add_argument("--batching_parameters_file")
   p.add_argument("--fixed_ms", type=float, default=4.0)
   p.add_argument("--per_item_ms", type=float, default=0.1)
+  p.add_argument("--load_error", help="report the version's load as failed with this message")
   args, _ = p.parse_known_args()
   device = Device(args.fixed_ms, args.per_item_ms)
   batcher = None
@@ -151,7 +153,10 @@ def main() -> None:
   class Rest(http.server.BaseHTTPRequestHandler):
     def do_GET(self):  # noqa: N802
       if self.path == f"/v1/models/{MODEL}":
-        body = json.dumps({"model_version_status": [{"version": "1", "state": "AVAILABLE"}]})
+        state = ({"state": "END", "status": {"error_code": "INVALID_ARGUMENT",
+                                             "error_message": args.load_error}}
+                 if args.load_error else {"state": "AVAILABLE"})
+        body = json.dumps({"model_version_status": [{"version": "1", **state}]})
       elif self.path == "/monitoring/prometheus/metrics":
         body = batcher.metrics() if batcher else ""
       else:
