@@ -1,9 +1,11 @@
 """The CLI's connection flags do what they say, seen from the server's side:
 --header reaches the server, --attempts is the number of tries, --timeout
-bounds a call to a server that never answers, --tls switches to TLS."""
+bounds a call to a server that never answers, --tls switches to TLS,
+--compression gzips request bodies."""
 
 from __future__ import annotations
 
+import gzip
 import socket
 import ssl
 
@@ -76,3 +78,30 @@ def test_tls_switches_to_tls_and_ca_cert_trusts_the_test_ca(tmp_path, capsys):
     assert fake.calls == 1
   finally:
     fake.stop()
+
+
+@pytest.mark.parametrize("compression", [False, True])
+def test_compression_gzips_request_bodies(compression, tmp_path, capsys):
+  info = {"dtype": "DT_FLOAT", "tensor_shape": {"dim": [{"size": "-1"}, {"size": "2"}]}}
+  metadata = {"model_spec": {"name": "m", "version": "3", "signature_name": ""},
+              "metadata": {"signature_def": {"signature_def": {"predict_bytes": {
+                  "inputs": {"image_bytes": {"dtype": "DT_STRING",
+                                             "tensor_shape": {"dim": [{"size": "-1"}]}}},
+                  "outputs": {"probabilities": info},
+                  "method_name": "tensorflow/serving/predict"}}}}}
+  image = tmp_path / "a.png"
+  image.write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(64))       # sent as bytes, not decoded
+  fake = FakeHttpServer({"outputs": [[0.25, 0.75]]},
+                        by_path={"/v1/models/m/metadata": metadata})
+  try:
+    main(["predict", "--server", f"127.0.0.1:{fake.port}", "--rest", "--model", "m",
+          *(["--compression"] if compression else []), str(image)])
+  finally:
+    fake.stop()
+  capsys.readouterr()
+  posts = [(headers, body) for headers, body in fake.requests if body]
+  assert len(posts) == 1
+  headers, body = posts[0]
+  assert (headers.get("content-encoding") == "gzip") == compression
+  text = gzip.decompress(body) if compression else body
+  assert b'"b64"' in text and b"image_bytes" in text
