@@ -24,7 +24,8 @@ import pytest
 
 import export
 from clients import (NO_RETRY, ClientError, GrpcClient, RestClient, RoutedClient, Router,
-                     label_arms, model_config, prometheus)
+                     label_arms)
+from contract import model_config, prometheus
 from ops.rollout import Rollout, RolloutError, compare
 from tests.support.tiny_models import ServerProcess, free_port
 
