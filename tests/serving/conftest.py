@@ -20,6 +20,23 @@ from tests.support import tiny_models
 from tests.support.remote import REMOTE_GRPC, REMOTE_REST
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _xla_stays_enabled_in_the_test_process() -> Iterator[None]:
+  """DisableXlaCompilation() (what a server started without an XLA flag
+  calls, as main.cc does) is process-wide and cannot be undone: in the test
+  process it would fail every later jax2tf test, far from the cause. So an
+  in-process server that would call it fails at once instead; the tests of
+  that behaviour start their servers as child processes."""
+  from serving import servable
+
+  def refuse() -> None:
+    raise AssertionError("an in-process server would disable XLA for the whole test "
+                         "process: pass --xla_cpu_compilation_enabled=true")
+  original, servable.disable_xla_compilation = servable.disable_xla_compilation, refuse
+  yield
+  servable.disable_xla_compilation = original
+
+
 @pytest.fixture(scope="session")
 def repository(tmp_path_factory) -> Path:
   return tiny_models.write_repository(tmp_path_factory.mktemp("repo"))

@@ -32,7 +32,10 @@ MODEL = tiny_models.TF2_MODEL
 
 
 def _options(*argv: str) -> ServerOptions:
-  return ServerOptions.from_flags(flags.parse(list(argv)))
+  """Always with XLA on: without an XLA flag build_and_start calls
+  DisableXlaCompilation(), which is process-wide and cannot be undone, and
+  every later jax2tf graph in this test process would fail."""
+  return ServerOptions.from_flags(flags.parse(["--xla_cpu_compilation_enabled=true", *argv]))
 
 
 def test_options_are_every_flag_the_server_acts_on():
