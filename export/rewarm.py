@@ -31,11 +31,10 @@ import sys
 import tempfile
 from pathlib import Path
 
+from contract.warmup import FILE as WARMUP
 from export import quiet
 from export.__main__ import batch_size_list
-
-WARMUP = Path("assets.extra") / "tf_serving_warmup_requests"
-MANIFEST = Path("assets.extra") / "export_manifest.json"
+from export.repository import MANIFEST
 DEFAULT_SIGNATURE = "serving_default"
 
 

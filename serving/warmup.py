@@ -18,13 +18,14 @@ from typing import Sequence
 import tensorflow as tf
 from tensorflow_serving.apis import prediction_log_pb2
 
+from contract import warmup as warmup_file
 from serving import inference
 from serving.batching import warn_unwarmed
 from serving.errors import ServingError, invalid_argument
 from serving.runner import Runner
 from serving.servable import Servable
 
-WARMUP_FILE = Path("assets.extra") / "tf_serving_warmup_requests"
+WARMUP_FILE = warmup_file.FILE
 MAX_WARMUP_RECORDS = 1000         # saved_model_warmup_util.cc's cap
 
 
