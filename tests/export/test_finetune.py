@@ -112,6 +112,8 @@ def test_served_by_the_embedded_server_over_grpc(head_only, base):
   try:
     request = predict_pb2.PredictRequest()
     request.model_spec.name = NAME
+    # head_only's version: another test of this module may publish a later one
+    request.model_spec.version.value = int(head_only.version_dir.name)
     request.model_spec.signature_name = "predict_bytes"
     request.inputs["image_bytes"].CopyFrom(
         tf.make_tensor_proto([_png(p) for p in test.images], dtype=tf.string))
@@ -122,7 +124,7 @@ def test_served_by_the_embedded_server_over_grpc(head_only, base):
     server.stop()
   classes = tf.make_ndarray(response.outputs["top_k_classes"])[:, 0]
   labels = tf.make_ndarray(response.outputs["top_k_labels"])[:, 0]
-  assert response.model_spec.version.value == 1
+  assert response.model_spec.version.value == int(head_only.version_dir.name) == 1
   assert [x.decode() for x in labels] == [head_only.classes[c] for c in classes]
   accuracy = np.mean(np.array([int(x) for x in labels]) == test.labels)
   assert len(test.labels) > 150 and accuracy >= 0.5  # held-out digits 5-9; chance 0.2
