@@ -186,8 +186,11 @@ class RemoteRepository:
     rest = [f for f in files if f != SAVED_MODEL]
     copying = False
     try:
-      self.fs.put([os.fspath(local_dir / f) for f in files],
-                  [f"{staging}/{f}" for f in files])
+      # One file at a time: when one of several parallel uploads fails, the
+      # others are cancelled client-side but their requests may still land
+      # after the cleanup below, leaving objects under the staging prefix.
+      for f in files:
+        self.fs.put_file(os.fspath(local_dir / f), f"{staging}/{f}")
       self._check_sizes(staging, files)
       self.check_free(name, version)  # taken meanwhile by another publisher?
       copying = True

@@ -106,14 +106,20 @@ def _png(pixels: np.ndarray) -> bytes:
 
 def test_served_by_the_embedded_server_over_grpc(head_only, base):
   root, test = base["root"], base["test"]
+  version = int(head_only.version_dir.name)
+  # Exactly head_only's version: another test of this module may publish a
+  # later one, which the published models.config (latest) would serve instead.
+  config = root / "head_only.config"
+  config.write_text(f'model_config_list {{ config {{ name: "{NAME}" '
+                    f'base_path: "{root / "models" / NAME}" model_platform: "tensorflow" '
+                    f'model_version_policy {{ specific {{ versions: {version} }} }} }} }}')
   server = tiny_models.ServerProcess([f"--port={tiny_models.free_port()}",
-                                  "--model_config_file=models.config",
+                                  f"--model_config_file={config}",
                                   "--xla_cpu_compilation_enabled=true"], cwd=root)
   try:
     request = predict_pb2.PredictRequest()
     request.model_spec.name = NAME
-    # head_only's version: another test of this module may publish a later one
-    request.model_spec.version.value = int(head_only.version_dir.name)
+    request.model_spec.version.value = version
     request.model_spec.signature_name = "predict_bytes"
     request.inputs["image_bytes"].CopyFrom(
         tf.make_tensor_proto([_png(p) for p in test.images], dtype=tf.string))
@@ -124,7 +130,7 @@ def test_served_by_the_embedded_server_over_grpc(head_only, base):
     server.stop()
   classes = tf.make_ndarray(response.outputs["top_k_classes"])[:, 0]
   labels = tf.make_ndarray(response.outputs["top_k_labels"])[:, 0]
-  assert response.model_spec.version.value == int(head_only.version_dir.name) == 1
+  assert response.model_spec.version.value == version == 1
   assert [x.decode() for x in labels] == [head_only.classes[c] for c in classes]
   accuracy = np.mean(np.array([int(x) for x in labels]) == test.labels)
   assert len(test.labels) > 150 and accuracy >= 0.5  # held-out digits 5-9; chance 0.2

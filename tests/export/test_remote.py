@@ -207,27 +207,40 @@ def test_existing_versions_are_never_overwritten(published, store, tmp_path,
   assert not [c for c in children(store, NAME) if c.startswith(".tmp-")]
 
 
-@pytest.mark.parametrize("step", ["_put_file", "_cp_file"])
+@pytest.mark.parametrize("step", ["put_file", "_cp_file"])
 def test_failure_mid_transfer_leaves_no_version(step, published, store, monkeypatch):
-  """`_put_file` fails during the upload to the staging prefix, `_cp_file`
-  during the server-side copy into <N>/: the third file arrives, then its
-  transfer reports an error (the others still in flight are cancelled)."""
+  """`put_file` fails during the upload to the staging prefix, `_cp_file`
+  (what fsspec's bulk copy awaits per file) during the server-side copy into
+  <N>/: the third file arrives, then its transfer reports an error. Uploads go
+  one at a time, so no request is still in flight when the cleanup runs
+  (parallel ones could land after it)."""
   _, kept, _ = published
   before = children(store, NAME)
   calls = []
   original = getattr(store.fs, step)
 
-  async def fail_third(path1, path2, **kwargs):
+  def third_call(path2: str) -> bool:
     calls.append(path2)
-    third = len(calls) == 3
+    return len(calls) == 3
+
+  def fail_third_upload(path1, path2, **kwargs):
+    third = third_call(path2)
+    result = original(path1, path2, **kwargs)
+    if third:
+      raise OSError("injected: connection reset")
+    return result
+
+  async def fail_third_copy(path1, path2, **kwargs):
+    third = third_call(path2)
     result = await original(path1, path2, **kwargs)
     if third:
       raise OSError("injected: connection reset")
     return result
+  fail_third = fail_third_upload if step == "put_file" else fail_third_copy
   monkeypatch.setattr(store.fs, step, fail_third)
   with pytest.raises(OSError, match="injected"):
     store.publish(kept, NAME, store.next_version(NAME))
-  assert len(calls) >= 3
+  assert len(calls) == 3 if step == "put_file" else len(calls) >= 3  # no upload after it
   assert children(store, NAME) == before  # no new version, no staging prefix
   assert not [c for c in before if c.startswith(".tmp-")]
 
