@@ -56,7 +56,12 @@ def main(argv: list[str]) -> int:
     text = str(e) if isinstance(e, ServingError) else f"{type(e).__name__}: {e}"
     log.error("Failed to start server. Error: %s", text)
     return 1
-  stop.wait()           # Server::WaitForTermination's role
+  # Server::WaitForTermination's role, woken each second: the kernel may
+  # hand SIGTERM to any of gRPC's or TensorFlow's threads, and Python runs the
+  # handler only once the main thread runs bytecode again, which an untimed
+  # wait never does.
+  while not stop.wait(timeout=1.0):
+    pass
   log.info("Shutting down")
   server.stop()
   return 0

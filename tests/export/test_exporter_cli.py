@@ -15,6 +15,7 @@ from pathlib import Path
 from google.protobuf import text_format
 from tensorflow_serving.config import model_server_config_pb2
 
+from contract import warmup
 from export import repository
 from tests.support.logs import FOREIGN
 
@@ -50,7 +51,8 @@ def test_killed_export_then_cli_export(tmp_path, data_dir, reference_manifest):
   assert not (tmp_path / "models.config").exists()
 
   cli = run(["-m", "export", "--checkpoint", checkpoint, "--name", "vit", "--repo", "models",
-             "--config", "vit.json", "--labels", "labels.txt"], cwd=tmp_path)
+             "--config", "vit.json", "--labels", "labels.txt", "--warmup-batch-sizes", "3,1"],
+            cwd=tmp_path)
   assert cli.returncode == 0, cli.stderr
   assert cli.stdout.strip() == "models/vit/1"
   assert "verify" in cli.stderr and "removed" in cli.stderr
@@ -58,6 +60,7 @@ def test_killed_export_then_cli_export(tmp_path, data_dir, reference_manifest):
   assert [p.name for p in model_dir.iterdir()] == ["1"]
   version = model_dir / "1"
   assert (version / "assets" / "labels.txt").read_text().splitlines()[3] == "label 3"
+  assert warmup.warmed_batch_sizes(version)["serving_default"] == {1, 3}
   manifest = json.loads((version / repository.MANIFEST).read_text())
   assert manifest["labels"]["from"] == "labels.txt"
   config = text_format.Parse((tmp_path / "models.config").read_text(),

@@ -121,3 +121,25 @@ def test_embedded_server_warns_about_cold_batch_sizes(tmp_path):
     server.wait_for_log(r"rewarmed/2\. Number of warmup records read: 3")
   finally:
     server.stop()
+
+
+def test_make_export_passes_the_documented_gpu_warmup_sizes():
+  """`make export WARMUP_BATCH_SIZES=...` (the GPU command documented beside
+  the GPU batching file) reaches the exporter's flag, so the GPU sizes get
+  warmed; and the Makefile's default is the exporter's."""
+  from export.default_model import parse_args
+
+  def exported_sizes(*overrides: str) -> tuple[int, ...]:
+    dry = subprocess.run(["make", "-n", "-o", "setup", "export", *overrides], cwd=ROOT,
+                         text=True, capture_output=True, timeout=60)
+    assert dry.returncode == 0, dry.stderr
+    (line,) = [ln for ln in dry.stdout.replace("\\\n", " ").splitlines()
+               if " -m export.default_model " in ln]
+    argv = line.split()
+    return parse_args(argv[argv.index("export.default_model") + 1:]).warmup_batch_sizes
+
+  documented = _documented_gpu_export_sizes(
+      (CONFIG / "batching_parameters.gpu.config").read_text())
+  assert list(exported_sizes(f"WARMUP_BATCH_SIZES={','.join(map(str, documented))}")) == \
+      documented
+  assert exported_sizes() == parse_args(["--repo", "models"]).warmup_batch_sizes

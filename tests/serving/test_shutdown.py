@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import concurrent.futures
 import json
+import os
 import signal
 import subprocess
+import sys
 import time
 import urllib.request
 from pathlib import Path
@@ -21,6 +23,7 @@ import grpc
 import pytest
 from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
+from tests.support.paths import ROOT
 from tests.support.remote import needs_embedded
 from tests.support.tiny_models import ServerProcess, free_port
 
@@ -99,3 +102,41 @@ def test_sigterm_drains_requests_in_flight_and_exits_0(tmp_path):
   with pytest.raises(grpc.RpcError) as refused:
     new.Predict(request, timeout=5)
   assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+
+
+# A server whose SIGTERM lands on one of its other threads (gRPC's, TensorFlow's):
+# the kernel may pick any thread that does not block the signal, and Python
+# runs the handler only when the main thread next runs bytecode.
+_SIGNAL_FROM_ANOTHER_THREAD = """
+import signal, socket, sys, threading, time
+from serving.__main__ import main
+
+def terminate_from_this_thread(port):
+  while True:
+    try:
+      socket.create_connection(("127.0.0.1", port), timeout=1).close()
+      break
+    except OSError:
+      time.sleep(0.1)
+  signal.pthread_kill(threading.get_ident(), signal.SIGTERM)
+
+threading.Thread(target=terminate_from_this_thread, args=(int(sys.argv[1]),),
+                 daemon=True).start()
+sys.exit(main(sys.argv[2:]))
+"""
+
+
+def test_sigterm_received_by_another_thread_still_stops_the_server(tmp_path):
+  """Kubernetes' SIGTERM must stop the server whichever thread receives it;
+  a main thread asleep on an untimed wait would ignore it until SIGKILL."""
+  from tests.support import tiny_models
+  repository = tiny_models.write_repository(tmp_path / "repo")
+  grpc_port, rest_port = free_port(), free_port()
+  done = subprocess.run(
+      [sys.executable, "-c", _SIGNAL_FROM_ANOTHER_THREAD, str(rest_port), f"--port={grpc_port}",
+       f"--rest_api_port={rest_port}", f"--model_config_file={repository / 'models.config'}",
+       "--allow_version_labels_for_unavailable_models"],
+      cwd=ROOT, env=dict(os.environ, PYTHONPATH=str(ROOT), TF_CPP_MIN_LOG_LEVEL="2"),
+      capture_output=True, text=True, timeout=90)
+  assert done.returncode == 0, done.stderr[-3000:]
+  assert "Shutting down" in done.stderr
