@@ -41,7 +41,9 @@ def main(argv: list[str]) -> int:
                 "tensorflow_model_server ignores it", arg)
   for name in flags.ignored(values):
     log.warning("--%s is accepted for compatibility but has no effect here", name)
+  from serving import quiet
   from serving.server import Server, ServerOptions
+  quiet.skip_keras()
   server = Server(ServerOptions.from_flags(values))
   stop = threading.Event()
 

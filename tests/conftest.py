@@ -1,13 +1,15 @@
 """Shared fixtures: the reference checkpoints copied from the original code's
 outputs (see tests/data/REFERENCE.md). Also the CI's rule on skips:
 `--strict-skips` (set by .ci/run) turns every skip whose reason is not in
-ALLOWED_SKIPS into a failure, so a missing tool cannot leave a run green."""
+ALLOWED_SKIPS into a failure, so a missing tool cannot leave a run green.
+And one JAX compilation cache for the run (`_share_jax_compilations`)."""
 
 from __future__ import annotations
 
 import json
 import os
 import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -29,6 +31,26 @@ ALLOWED_SKIPS = (
 def pytest_addoption(parser: pytest.Parser) -> None:
   parser.addoption("--strict-skips", action="store_true",
                    help="fail every skip whose reason is not in tests/conftest.py's ALLOWED_SKIPS")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+  _share_jax_compilations(config)
+
+
+def _share_jax_compilations(config: pytest.Config) -> None:
+  """Points JAX's persistent compilation cache at one new directory for this
+  run, shared by the xdist workers and every process a test starts (they
+  inherit the environment): the default model's training step, the same
+  for every run of a recipe, compiles in ~5 s, and several tests and the
+  quickstart's `make export` train the same recipes in different processes.
+  The cache is empty at the start of each run and removed at its end, so
+  no run depends on an earlier one. Set on the controller only, before it
+  starts the workers; a JAX_COMPILATION_CACHE_DIR given by the user wins."""
+  if hasattr(config, "workerinput") or "JAX_COMPILATION_CACHE_DIR" in os.environ:
+    return
+  directory = tempfile.mkdtemp(prefix="vit-serving-jax-cache-")
+  os.environ["JAX_COMPILATION_CACHE_DIR"] = directory
+  config.add_cleanup(lambda: shutil.rmtree(directory, ignore_errors=True))
 
 
 @pytest.hookimpl(hookwrapper=True)
