@@ -33,10 +33,13 @@ setup: .venv/.installed
 # Three workers (pytest-xdist), each taking whole modules (--dist loadfile,
 # so a module's server and exports stay in one process). Three, on 2 cores:
 # with two the cores sat idle a sixth of the run while tests waited on the
-# servers they start (docs/testing.md). The 25 slowest phases are printed
-# after the run, to keep the suite's time in view.
+# servers they start (docs/testing.md). Modules go out in collection order
+# (--no-loadscope-reorder; xdist would sort them by test count): the long
+# ones first (tests/conftest.py's LONG_MODULES), then the rest in the run's
+# random order. The 25 slowest phases are printed after the run, to keep
+# the suite's time in view.
 test: setup
-	$(PY) -m pytest -q -n 3 --dist loadfile --durations=25 tests
+	$(PY) -m pytest -q -n 3 --dist loadfile --no-loadscope-reorder --durations=25 tests
 
 # Runs a representative set of exports the way tensorflow_model_server does
 # (Session loader, signature tensor names, warmup replay) in tensorflow-cpu of

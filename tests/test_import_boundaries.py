@@ -19,6 +19,7 @@ from __future__ import annotations
 import ast
 import dataclasses
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -155,3 +156,26 @@ def test_importing_the_package_loads_nothing_forbidden(boundary):
       cwd=ROOT, capture_output=True, text=True, timeout=300)
   assert done.returncode == 0, done.stderr
   assert json.loads(done.stdout.splitlines()[-1]) == []
+
+
+# How `python -m serving` and the export CLIs import TensorFlow. Its __init__
+# would otherwise import Keras 3 and scikit-learn eagerly, a third of the
+# start-up; tensorflow_model_server has no Keras either.
+_TENSORFLOW_STARTS = {
+    "serving": "from serving import quiet\nquiet.skip_keras(); quiet.start_tensorflow()\n",
+    "export": "from export import quiet\nquiet.import_tensorflow()\n",
+}
+
+
+@pytest.mark.parametrize("package", sorted(_TENSORFLOW_STARTS))
+def test_the_command_lines_import_tensorflow_without_keras(package):
+  probe = (_TENSORFLOW_STARTS[package]
+           + "import json, sys, tensorflow as tf\n"
+           "print(json.dumps([tf.__version__, sorted({m.split('.')[0] for m in sys.modules}"
+           " & {'keras', 'tf_keras', 'sklearn'})]))\n")
+  env = {k: v for k, v in os.environ.items() if k != "TF_USE_LEGACY_KERAS"}  # conftest's
+  done = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, env=env,
+                        capture_output=True, text=True, timeout=120)
+  assert done.returncode == 0, done.stderr
+  version, loaded = json.loads(done.stdout.splitlines()[-1])
+  assert version.startswith("2.") and loaded == []

@@ -8,10 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import socket
-import subprocess
-import sys
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -199,20 +196,3 @@ def test_a_busy_port_fails_start_up_and_closes_what_had_opened(tmp_path):
       server.build_and_start()
   assert server.grpc_port == grpc_port and _free(grpc_port)    # opened, then closed again
 
-
-def test_the_server_process_imports_tensorflow_without_keras():
-  # What `python -m serving` does before building the server: TensorFlow's
-  # __init__ would otherwise import Keras 3 and scikit-learn eagerly, a third
-  # of the start-up (tensorflow_model_server has no Keras either).
-  probe = ("import json, sys\n"
-           "from serving import quiet\n"
-           "quiet.skip_keras(); quiet.start_tensorflow()\n"
-           "import tensorflow as tf\n"
-           "print(json.dumps([tf.__version__, sorted({m.split('.')[0] for m in sys.modules}"
-           " & {'keras', 'tf_keras', 'sklearn'})]))\n")
-  env = {k: v for k, v in os.environ.items() if k != "TF_USE_LEGACY_KERAS"}
-  done = subprocess.run([sys.executable, "-c", probe], cwd=tiny_models.ROOT, env=env,
-                        capture_output=True, text=True, timeout=120)
-  assert done.returncode == 0, done.stderr
-  version, loaded = json.loads(done.stdout.splitlines()[-1])
-  assert version == tf.__version__ and loaded == []
