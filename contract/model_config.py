@@ -133,15 +133,21 @@ def _replace(path: Path, text: str) -> None:
     raise
 
 
-def update(path: str | os.PathLike, edit: Callable[[Any], None]) -> bool:
+def update(path: str | os.PathLike, edit: Callable[[Any], None], *,
+           after_write: Callable[[Any], None] | None = None) -> bool:
   """Applies `edit` to the current config and writes the result.
 
   Under the writer lock: reads the file (an empty config when it does not
   exist), calls `edit(config)` to change the message in place, and, when the
   message changed, writes it back atomically with the file's leading
   comments. If `edit` raises, the file is left as it was and the exception
-  propagates, so a caller can make the write depend on another step (e.g. a
-  server accepting the config) by doing that step inside `edit`.
+  propagates.
+
+  `after_write(config)`, when given, runs once the new file is in place,
+  still under the lock; if it raises, the file gets its old text back (or
+  is removed again) and the exception propagates. The rollout tool sends
+  the config to the server there: a server polling the file then never
+  reads a config older than the one it was just sent.
 
   Returns:
     True when the file was written, False when `edit` changed nothing.
@@ -167,4 +173,21 @@ def update(path: str | os.PathLike, edit: Callable[[Any], None]) -> bool:
       _replace(path, render(config, leading_comments(old_text or "")))
     except OSError as e:
       raise ModelConfigError(f"cannot write {path}: {e}") from None
+    if after_write is not None:
+      try:
+        after_write(config)
+      except BaseException:
+        _restore(path, old_text)
+        raise
   return True
+
+
+def _restore(path: Path, old_text: str | None) -> None:
+  """Puts back the text `update` replaced (None: there was no file)."""
+  try:
+    if old_text is None:
+      path.unlink()
+    else:
+      _replace(path, old_text)
+  except OSError as e:
+    raise ModelConfigError(f"cannot restore {path} after a failed step: {e}") from None

@@ -5,10 +5,15 @@ only uses TF Serving's own API through the client library (clients.GrpcClient):
 `ModelService.GetModelStatus` to watch versions and
 `ModelService.HandleReloadConfigRequest` to apply a new `ModelServerConfig`.
 Each step edits `models.config` through contract.model_config (the one writer
-the exporter uses too: a file lock, an atomic replace, the file's mode kept)
-and the file is written only once the server has accepted the new config, so
-a restart, or the server's own config polling, serves exactly what runs now.
-It imports neither TensorFlow nor the server, so it starts at once.
+the exporter uses too: a file lock, an atomic replace, the file's mode kept):
+it writes the new file first, then sends the same config to the server, and
+puts the old file back if the server refuses it. In that order a server that
+polls the file (--model_config_file_poll_wait_seconds) can only read the
+config it is being sent, never the one before it: sent first, a poll landing
+between the reload and the write re-applied the old file (TF Serving reloads
+the file at every poll), and a rollback served the old stable for up to a
+poll interval. A restart reads what runs. It imports neither TensorFlow nor
+the server, so it starts at once.
 
 TF Serving refuses a label that points at a version which is not AVAILABLE,
 and checks labels before it loads anything (server_core.cc), so every move
@@ -173,16 +178,16 @@ class Rollout:
     return self.available()
 
   def _change(self, edit: Callable[[Any], None]) -> None:
-    """Edits this model's entry, sends the whole config to the server and
-    writes the file only if the server accepted it."""
-    def apply(config: Any) -> None:
-      edit(self._entry(config))
+    """Edits this model's entry in the file, then sends the whole config to
+    the server; the file goes back to what it was if the server refuses."""
+    def send(config: Any) -> None:
       try:
         # Answered once models new to the config have loaded: allow a load.
         self.client.reload_config(self._absolute(config), timeout=self.load_timeout_s)
       except ClientError as e:
         raise RolloutError(f"server refused the config: {e.code}: {e.message}") from None
-    model_config.update(self.config_path, apply)
+    model_config.update(self.config_path, lambda config: edit(self._entry(config)),
+                        after_write=send)
 
   def _absolute(self, config: Any) -> Any:
     sent = type(config)()

@@ -89,6 +89,28 @@ def test_failed_edit_leaves_the_file_alone(tmp_path):
   assert sorted(p.name for p in tmp_path.iterdir()) == [".models.config.lock", "models.config"]
 
 
+def test_after_write_sees_the_new_file_and_a_failure_puts_the_old_one_back(tmp_path):
+  path = tmp_path / "models.config"
+  path.write_text(CONFIG)
+  seen = []
+
+  def refuse(config):
+    seen.append((_names(path), [c.name for c in config.model_config_list.config]))
+    raise RuntimeError("server refused")
+
+  with pytest.raises(RuntimeError, match="server refused"):
+    model_config.update(path, _add("b"), after_write=refuse)
+  assert seen == [(["a", "b"], ["a", "b"])]     # the file was written before the step
+  assert path.read_text() == CONFIG
+  with pytest.raises(RuntimeError):
+    model_config.update(tmp_path / "new.config", _add("b"), after_write=refuse)
+  assert not (tmp_path / "new.config").exists()  # a file that was not there is removed again
+  assert model_config.update(path, _add("b"), after_write=lambda config: None)
+  assert _names(path) == ["a", "b"]
+  assert sorted(p.name for p in tmp_path.iterdir()) == [".models.config.lock",
+                                                        ".new.config.lock", "models.config"]
+
+
 def test_new_file_mode_comes_from_the_umask_and_existing_mode_is_kept(tmp_path):
   path = tmp_path / "models.config"
   old = os.umask(0o022)

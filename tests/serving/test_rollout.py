@@ -273,3 +273,31 @@ def test_every_step_has_help(step):
   assert len(description) > 20, result.stdout
   assert result.stderr == ""
 
+
+def test_a_refused_config_puts_the_file_back(server, model, capsys, monkeypatch):
+  # The rollout writes models.config before it sends the config (so a
+  # polling server never reads an older one); a refusal restores the file.
+  original = server.config.read_text()
+  sent_while_file_had = []
+  reload_config = GrpcClient.reload_config
+
+  def record(self, config, **kwargs):
+    sent_while_file_had.append(_versions(server, model))
+    return reload_config(self, config, **kwargs)
+
+  monkeypatch.setattr(GrpcClient, "reload_config", record)
+  model_config.update(server.config, lambda config: config.model_config_list.config.add(
+      name="bad_platform", base_path="models/bad", model_platform="pytorch"))
+  with_bad_entry = server.config.read_text()  # the server does not poll: not applied
+  try:
+    capsys.readouterr()
+    assert server.cli(model, "load", "2") == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: server refused the config: INVALID_ARGUMENT"), err
+    assert err.count("\n") == 1
+    assert sent_while_file_had == [[1, 2]]        # written first, then sent
+    assert server.config.read_text() == with_bad_entry
+    with GrpcClient(server.process.grpc_address) as client:
+      assert [s.version for s in client.status(model)] == [1]
+  finally:
+    server.config.write_text(original)
