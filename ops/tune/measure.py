@@ -35,9 +35,18 @@ from ops.tune.search import Candidate
 ROOT = Path(__file__).resolve().parents[2]
 PLACEHOLDERS = ("grpc_port", "rest_port", "model_config", "batching_flags",
                 "monitoring_config", "workdir", "python")
+# `make serve`'s command line (tests/serving/test_deploy_flags.py compares
+# them), its ports, files and batching flags the tuner's own; one addition:
+# no load retries, so a model that cannot load ends the start at once instead
+# of after five retries a minute apart.
 DEFAULT_COMMAND = ("{python} -m serving --port={grpc_port} --rest_api_port={rest_port} "
-                   "--model_config_file={model_config} {batching_flags} "
-                   "--monitoring_config_file={monitoring_config}")
+                   "--model_config_file={model_config} --model_config_file_poll_wait_seconds=10 "
+                   "--file_system_poll_wait_seconds=5 "
+                   "--allow_version_labels_for_unavailable_models=true "
+                   "--xla_cpu_compilation_enabled=true {batching_flags} "
+                   "--monitoring_config_file={monitoring_config} --enable_model_warmup=true "
+                   "--grpc_channel_arguments=grpc.max_connection_age_ms=300000 "
+                   "--enable_grpc_healthcheck_service=true --max_num_load_retries=0")
 _BATCHING = ":tensorflow:serving:batching_session:"
 
 

@@ -1,6 +1,7 @@
 """The tuner end to end on a fast server (tests/ops/fake_server.py: a known
 per-call cost, so batching's payoff is large and certain), its choice rule,
-its files, and each error it must report in one clear line."""
+its files, and each error it must report in one clear line; and once with
+its default command, the embedded server, on a real jax2tf export."""
 
 from __future__ import annotations
 
@@ -259,3 +260,26 @@ def test_text_proto_round_trips_through_tf_servings_message():
   assert (params.max_batch_size.value, params.batch_timeout_micros.value,
           params.num_batch_threads.value) == (16, 1000, 4)
   assert params.max_enqueued_batches.value >= params.num_batch_threads.value
+
+
+def test_the_default_command_tunes_a_jax2tf_export_on_the_embedded_server(
+    tmp_path, vit_a_token_version):
+  # The embedded server as `make tune` starts it: a jax2tf export loads only
+  # with XLA on (--xla_cpu_compilation_enabled), so this fails if the
+  # default command drifts from `make serve`'s.
+  vit_a_token_version(tmp_path / "vit" / "1")
+  config = tmp_path / "models.config"
+  config.write_text('model_config_list { config { name: "vit" base_path: "vit" '
+                    'model_platform: "tensorflow" } }\n')
+  out = tmp_path / "out"
+  done = tune("--model", "vit", "--model-config", str(config), "--out", str(out),
+              "--budget-s", "45", "--concurrency", "1", "--short-s", "0.3", "--long-s", "0.5",
+              "--p99-ms", "10000", "--start-timeout-s", "60", timeout=240)
+  assert done.returncode == 0, done.stderr
+  assert sorted(p.name for p in out.iterdir()) == sorted(report.FILES)
+  result = json.loads((out / "report.json").read_text())
+  assert "--xla_cpu_compilation_enabled=true" in result["server_command"]
+  measured = [c for c in result["candidates"] if c["levels"]]
+  assert any(c["candidate"]["source"] == "shipped" for c in measured)
+  assert all(not sum(lv["errors"].values()) and lv["throughput"] > 0
+             for c in measured for lv in c["levels"])

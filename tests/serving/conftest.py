@@ -1,6 +1,6 @@
 """Fixtures for the serving tests: the tiny model repository, one embedded
-server per test module (each start imports TensorFlow, ~3 s), gRPC stubs and
-the REST base URL.
+server per test module (each start imports TensorFlow: about 4 s of CPU), gRPC
+stubs and the REST base URL.
 
 Set TF_SERVING_GRPC=host:port and TF_SERVING_REST=host:port to run the API
 tests against a real tensorflow_model_server serving the repository written

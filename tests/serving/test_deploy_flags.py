@@ -90,3 +90,21 @@ def test_kserve_appends_the_same_flags():
   assert {"xla_cpu_compilation_enabled", "enable_grpc_healthcheck_service"} <= set(
       ds.parse_flags(args))
 
+
+
+def test_the_tuner_measures_the_make_serve_command_line():
+  from ops.tune.measure import DEFAULT_COMMAND
+  args = shlex.split(DEFAULT_COMMAND.format(
+      python="python", grpc_port=1, rest_port=2, model_config="m.config",
+      batching_flags="--enable_batching=true --batching_parameters_file=b.config",
+      monitoring_config="monitoring.config", workdir="w"))
+  assert args[:3] == ["python", "-m", "serving"]
+  tuner, served = ds.parse_flags(args[3:]), make_serve_flags()
+  served.pop("bind")
+  # The tuner's own: free ports, its copy of models.config, the candidate's
+  # batching file, a monitoring config it scrapes; and no load retries.
+  for name in ("port", "rest_api_port", "model_config_file", "batching_parameters_file",
+               "monitoring_config_file"):
+    tuner.pop(name), served.pop(name)
+  assert tuner.pop("max_num_load_retries") == "0"
+  assert tuner == served
