@@ -143,9 +143,10 @@ def update(path: str | os.PathLike, edit: Callable[[Any], None], *,
   comments. If `edit` raises, the file is left as it was and the exception
   propagates.
 
-  `after_write(config)`, when given, runs once the new file is in place,
-  still under the lock; if it raises, the file gets its old text back (or
-  is removed again) and the exception propagates. The rollout tool sends
+  `after_write(config)`, when given, runs once the file holds the new
+  config (also when `edit` changed nothing: it already did), still under
+  the lock; if it raises, a file just written gets its old text back (or is
+  removed again) and the exception propagates. The rollout tool sends
   the config to the server there: a server polling the file then never
   reads a config older than the one it was just sent.
 
@@ -167,19 +168,20 @@ def update(path: str | os.PathLike, edit: Callable[[Any], None], *,
     config = parse(old_text, path) if old_text is not None else ModelServerConfig()
     before = config.SerializeToString(deterministic=True)
     edit(config)
-    if config.SerializeToString(deterministic=True) == before:
-      return False
-    try:
-      _replace(path, render(config, leading_comments(old_text or "")))
-    except OSError as e:
-      raise ModelConfigError(f"cannot write {path}: {e}") from None
+    changed = config.SerializeToString(deterministic=True) != before
+    if changed:
+      try:
+        _replace(path, render(config, leading_comments(old_text or "")))
+      except OSError as e:
+        raise ModelConfigError(f"cannot write {path}: {e}") from None
     if after_write is not None:
       try:
         after_write(config)
       except BaseException:
-        _restore(path, old_text)
+        if changed:
+          _restore(path, old_text)
         raise
-  return True
+  return changed
 
 
 def _restore(path: Path, old_text: str | None) -> None:

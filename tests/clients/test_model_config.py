@@ -107,6 +107,9 @@ def test_after_write_sees_the_new_file_and_a_failure_puts_the_old_one_back(tmp_p
   assert not (tmp_path / "new.config").exists()  # a file that was not there is removed again
   assert model_config.update(path, _add("b"), after_write=lambda config: None)
   assert _names(path) == ["a", "b"]
+  sent = []          # nothing to change: the step still runs, on the file's config
+  assert not model_config.update(path, lambda config: None, after_write=sent.append)
+  assert [[c.name for c in s.model_config_list.config] for s in sent] == [["a", "b"]]
   assert sorted(p.name for p in tmp_path.iterdir()) == [".models.config.lock",
                                                         ".new.config.lock", "models.config"]
 
