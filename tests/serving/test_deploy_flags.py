@@ -91,7 +91,6 @@ def test_kserve_appends_the_same_flags():
       ds.parse_flags(args))
 
 
-
 def test_the_tuner_measures_the_make_serve_command_line():
   from ops.tune.measure import DEFAULT_COMMAND
   args = shlex.split(DEFAULT_COMMAND.format(
